@@ -1,0 +1,1 @@
+"""One render signature, two backends (filled in by the render work; see DESIGN.md)."""
