@@ -7,8 +7,9 @@ and ``progress.log(message)`` for lines that also belong in the stage's log file
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 
 class Task(Protocol):

@@ -1,0 +1,98 @@
+"""SfM with real COLMAP (pycolmap): registration, report, camera grouping, bad input, sub-step resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+from PIL import Image
+
+from spaceport.progress import NullProgress
+from spaceport.sfm import SfmConfig, camera_groups, choose_matcher, run_sfm
+from spaceport.workspace import SpaceportError, Workspace
+from tests.conftest import LIBERTY, downscale_copy, monstree_photos
+
+
+def test_real_photos_register_with_subpixel_error(sfm_workspace: Path) -> None:
+    report = json.loads((sfm_workspace / "sfm" / "report.json").read_text())
+    assert report["registered"] == report["total"] == 10
+    assert report["mean_reprojection_error_px"] < 1.0
+    assert report["points3d"] > 500
+    assert set(report["seconds"]) == {"extract", "match", "map", "undistort"}
+    undistorted = pycolmap.Reconstruction(str(sfm_workspace / "sfm" / "undistorted" / "sparse"))
+    assert {c.model.name for c in undistorted.cameras.values()} == {"PINHOLE"}
+    assert len(list((sfm_workspace / "sfm" / "undistorted" / "images").glob("*.jpg"))) == 10
+
+
+def test_resume_skips_finished_steps(sfm_workspace: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(sfm_workspace, root)
+    progress = NullProgress()
+    result = run_sfm(Workspace(root), SfmConfig(max_image_size=480), progress)
+    assert result.metrics["registered"] == 10
+    assert sum("already done, skipped" in m for m in progress.messages) == 4
+
+
+def test_photos_that_do_not_overlap_fail_and_are_listed(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    downscale_copy([monstree_photos()[0], sorted(LIBERTY.glob("*.jpg"))[0]], ws.images_dir, 480)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)).save(ws.images_dir / "noise.jpg")
+    with pytest.raises(SpaceportError) as error:
+        run_sfm(ws, SfmConfig(max_image_size=480), NullProgress())
+    message = str(error.value)
+    assert "do not overlap" in message and "noise.jpg" in message and "IMG_1025.jpg" in message
+    assert not (ws.sfm_dir / "report.json").exists()
+
+
+def test_too_few_images_is_a_clear_error(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    downscale_copy(monstree_photos()[:2], ws.images_dir, 320)
+    with pytest.raises(SpaceportError, match="only 2 image"):
+        run_sfm(ws, SfmConfig(), NullProgress())
+
+
+def test_missing_images_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(SpaceportError, match="images: missing"):
+        run_sfm(Workspace(tmp_path), SfmConfig(), NullProgress())
+
+
+def _frames(specs: list[tuple[str, tuple]]) -> dict:
+    return {"kind": "photos", "frames": [
+        {"file": name, "width": w, "height": h, "exif": {"make": make, "model": model, "focal_length_mm": focal}}
+        for name, (make, model, focal, w, h) in specs]}
+
+
+def test_camera_groups_follow_exif_and_collapse_for_collections() -> None:
+    phone = ("Apple", "iPhone 7", 3.99, 1200, 1600)
+    landscape = ("Apple", "iPhone 7", 3.99, 1600, 1200)
+    frames = _frames([(f"{i}.jpg", phone if i % 4 else landscape) for i in range(20)])
+    groups = camera_groups(frames, "auto")
+    assert sorted(len(g) for g in groups) == [5, 15]
+    collection = _frames([(f"{i}.jpg", ("Make", f"model{i % 12}", 4.0 + i % 12, 800, 1200)) for i in range(40)])
+    assert len(camera_groups(collection, "exif")) == 12
+    assert camera_groups(collection, "auto") == [[f["file"] for f in collection["frames"]]]
+    assert len(camera_groups(collection, "per-image")) == 40
+
+
+def test_matcher_choice() -> None:
+    photos = _frames([(f"{i}.jpg", ("A", "B", 4.0, 10, 10)) for i in range(30)])
+    assert choose_matcher(photos, SfmConfig()) == "exhaustive"
+    assert choose_matcher({**photos, "kind": "video"}, SfmConfig()) == "sequential"
+    assert choose_matcher(photos, SfmConfig(matcher="sequential")) == "sequential"
+    many = _frames([(f"{i}.jpg", ("A", "B", 4.0, 10, 10)) for i in range(400)])
+    assert choose_matcher(many, SfmConfig()) == "sequential"
+    for frame in many["frames"]:
+        frame["exif"]["gps"] = [48.0, 2.0, 30.0]
+    assert choose_matcher(many, SfmConfig()) == "spatial"
+
+
+def test_vocabtree_without_file_is_refused(sfm_workspace: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(sfm_workspace / "images", root / "images")
+    with pytest.raises(SpaceportError, match="vocabulary tree file"):
+        run_sfm(Workspace(root), SfmConfig(matcher="vocabtree", max_image_size=320), NullProgress())
