@@ -1,0 +1,55 @@
+"""``images/frames.json``: which images the ingest stage wrote, where each came from, and what it dropped."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from spaceport.ingest.exif import ExifSummary
+
+MANIFEST_NAME = "frames.json"
+
+
+class FrameRecord(BaseModel):
+    file: str  # name inside images/
+    source: str  # workspace-relative origin: "input/a.jpg", "input/photos.zip:dir/a.jpg", "input/clip.mp4"
+    width: int
+    height: int
+    sharpness: float  # variance of the Laplacian on the grey analysis copy
+    exif: ExifSummary = Field(default_factory=ExifSummary)
+    frame_index: int | None = None  # video only
+    time_s: float | None = None  # video only
+
+
+class DroppedRecord(BaseModel):
+    source: str
+    reason: str
+    frame_index: int | None = None  # video only
+
+
+class VideoCandidate(BaseModel):
+    frame_index: int
+    time_s: float | None
+    window: int
+    sharpness: float
+    chosen: bool  # the sharpest of its window (it may still be dropped later as blurry or a duplicate)
+
+
+class VideoSummary(BaseModel):
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    frame_count: int
+    windows: int
+    rotation: int  # degrees counter-clockwise applied to make frames upright
+    candidates: list[VideoCandidate]
+
+
+class FramesManifest(BaseModel):
+    kind: Literal["photos", "video"]
+    input: str  # what the user gave, workspace-relative: "input", "input/photos.zip", "input/clip.mp4"
+    frames: list[FrameRecord]
+    dropped: list[DroppedRecord]
+    video: VideoSummary | None = None

@@ -1,0 +1,156 @@
+"""The ingest stage: whatever the user gave under input/ -> normalized JPEGs and frames.json under images/."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from spaceport.ingest.archive import extract_photos
+from spaceport.ingest.config import IngestConfig
+from spaceport.ingest.inputs import InputKind, InputPlan, inspect_input
+from spaceport.ingest.manifest import MANIFEST_NAME, DroppedRecord, FramesManifest
+from spaceport.ingest.photos import ingest_photos
+from spaceport.ingest.video import ingest_video
+from spaceport.progress import Progress
+from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json
+
+STAGING_PREFIX = ".images.partial-"
+UNZIP_PREFIX = ".ingest-unzip-"
+
+
+def run_ingest(ws: Workspace, config: IngestConfig, progress: Progress) -> StageResult:
+    """Write normalized JPEGs and images/frames.json from ws.input_dir; images/ appears only when complete."""
+    started = time.perf_counter()
+    plan = inspect_input(ws.input_dir, ws.root)
+    _remove_leftovers(ws.root)
+    staging = Path(tempfile.mkdtemp(dir=ws.root, prefix=STAGING_PREFIX))
+    staging.chmod(0o755)  # mkdtemp makes it private; images/ is an ordinary output folder
+    try:
+        manifest, copied = _ingest(plan, ws, staging, config, progress)
+        _require_enough(manifest, ws, config)
+        atomic_write_json(staging / MANIFEST_NAME, manifest.model_dump(mode="json"))
+        _publish(staging, ws.images_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress.log(
+        f"ingest: {len(manifest.frames)} images from {manifest.input} "
+        f"({len(manifest.dropped)} dropped) into {ws.rel(ws.images_dir)}/"
+    )
+    return StageResult(
+        stage="ingest",
+        seconds=time.perf_counter() - started,
+        outputs={"images": ws.rel(ws.images_dir), "frames": ws.rel(ws.images_dir / MANIFEST_NAME)},
+        metrics=_metrics(manifest, copied),
+    )
+
+
+def _ingest(
+    plan: InputPlan, ws: Workspace, staging: Path, config: IngestConfig, progress: Progress
+) -> tuple[FramesManifest, int]:
+    for ignored in plan.ignored:
+        progress.log(f"warning: {ignored.source}: {ignored.reason}", logging.WARNING)
+    if plan.kind is InputKind.VIDEO:
+        label = _relative(plan.files[0], ws)
+        video = ingest_video(plan.files[0], label, staging, config, progress)
+        manifest = FramesManifest(
+            kind="video", input=label, frames=video.frames, dropped=video.dropped, video=video.summary
+        )
+        return manifest, 0
+    if plan.kind is InputKind.ZIP:
+        return _ingest_zip(plan.files[0], ws, staging, config, progress)
+    photos = [(path, _relative(path, ws)) for path in plan.files]
+    result = ingest_photos(photos, staging, config, progress)
+    manifest = FramesManifest(
+        kind="photos", input=_relative(ws.input_dir, ws), frames=result.frames, dropped=plan.ignored + result.dropped
+    )
+    return manifest, result.copied
+
+
+def _ingest_zip(
+    archive: Path, ws: Workspace, staging: Path, config: IngestConfig, progress: Progress
+) -> tuple[FramesManifest, int]:
+    label = _relative(archive, ws)
+    unzip_dir = Path(tempfile.mkdtemp(dir=ws.root, prefix=UNZIP_PREFIX))
+    try:
+        extracted = extract_photos(archive, unzip_dir, label, config, progress)
+        for ignored in extracted.ignored:
+            progress.log(f"warning: {ignored.source}: {ignored.reason}", logging.WARNING)
+        if not extracted.photos:
+            raise SpaceportError(
+                f"{label} holds no photo (JPEG, PNG, TIFF, WebP): zip the photo files themselves"
+            )
+        result = ingest_photos(extracted.photos, staging, config, progress)
+    finally:
+        shutil.rmtree(unzip_dir, ignore_errors=True)
+    manifest = FramesManifest(
+        kind="photos", input=label, frames=result.frames, dropped=extracted.ignored + result.dropped
+    )
+    return manifest, result.copied
+
+
+def _relative(path: Path, ws: Workspace) -> str:
+    """Workspace-relative path of an input file, without resolving links that point elsewhere."""
+    return path.relative_to(ws.root).as_posix()
+
+
+def _require_enough(manifest: FramesManifest, ws: Workspace, config: IngestConfig) -> None:
+    count = len(manifest.frames)
+    if count >= config.min_images:
+        return
+    what = "frames" if manifest.kind == "video" else "photos"
+    message = (
+        f"only {count} usable {what} in {manifest.input}; SfM needs at least {config.min_images} "
+        f"overlapping {what}: "
+    )
+    if manifest.kind == "video":
+        message += "film a longer video moving around the subject, or raise target_frames"
+    else:
+        message += "add more photos of the scene, taken from different positions with overlap"
+    if manifest.dropped:
+        message += "\ndropped:\n" + "\n".join(f"  {_describe(item)}" for item in manifest.dropped[:20])
+    raise SpaceportError(message)
+
+
+def _describe(item: DroppedRecord) -> str:
+    frame = f" frame {item.frame_index}" if item.frame_index is not None else ""
+    return f"{item.source}{frame}: {item.reason}"
+
+
+def _publish(staging: Path, images_dir: Path) -> None:
+    """Replace images/ by the finished staging folder (a leftover images/ has no .done: it is stale)."""
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+    staging.rename(images_dir)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Staging folders of an earlier run that was killed."""
+    for prefix in (STAGING_PREFIX, UNZIP_PREFIX):
+        for folder in root.glob(f"{prefix}*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _metrics(manifest: FramesManifest, copied: int) -> dict[str, float | int | str]:
+    frames = manifest.frames
+    metrics: dict[str, float | int | str] = {
+        "kind": manifest.kind,
+        "images": len(frames),
+        "dropped": len(manifest.dropped),
+        "copied_unchanged": copied,
+    }
+    if frames:
+        metrics["max_width"] = max(frame.width for frame in frames)
+        metrics["max_height"] = max(frame.height for frame in frames)
+        metrics["median_sharpness"] = sorted(frame.sharpness for frame in frames)[len(frames) // 2]
+        metrics["with_focal_length"] = sum(
+            frame.exif.focal_length_mm is not None or frame.exif.focal_length_35mm is not None for frame in frames
+        )
+        metrics["with_gps"] = sum(frame.exif.gps is not None for frame in frames)
+    if manifest.video is not None:
+        metrics["video_frames"] = manifest.video.frame_count
+        metrics["candidates"] = len(manifest.video.candidates)
+    return metrics
