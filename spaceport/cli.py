@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spaceport.pipeline import STEP_STAGES, PipelineConfig, run_pipeline
@@ -42,7 +43,8 @@ def _parse_value(raw: str) -> Any:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    # soft_wrap: a path in the message must stay whole for people who copy it (and for tests)
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 

@@ -1,0 +1,3 @@
+from spaceport.cli import app
+
+app()
