@@ -85,8 +85,9 @@ def inspect_input(input_dir: Path, workspace_root: Path) -> InputPlan:
         if not is_image_name(path.name)
     ]
     if not photos:
-        names = ", ".join(path.name for path in files[:5]) + (" ..." if len(files) > 5 else "")
-        raise SpaceportError(f"no photo in {input_dir} (found {names}): {WHAT_TO_GIVE}")
+        found = "; ".join(f"{path.name}: {_reason_among_photos(path)}" for path in files[:5])
+        more = f" (and {len(files) - 5} more)" if len(files) > 5 else ""
+        raise SpaceportError(f"no photo in {input_dir}: {found}{more}; {WHAT_TO_GIVE}")
     return InputPlan(InputKind.PHOTOS, photos, ignored)
 
 
