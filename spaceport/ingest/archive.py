@@ -62,12 +62,12 @@ def check_archive(archive: zipfile.ZipFile, label: str, config: IngestConfig) ->
     for info in entries:
         if entry_parts(info.filename) is None:
             raise SpaceportError(
-                f"{label} is refused: entry {info.filename!r} would be written outside the extraction folder "
+                f"{label} is refused: entry '{info.filename}' would be written outside the extraction folder "
                 f"(absolute path or '..'); {FIX_ARCHIVE}"
             )
         if is_symlink_entry(info):
             raise SpaceportError(
-                f"{label} is refused: entry {info.filename!r} is a symbolic link; {FIX_ARCHIVE} "
+                f"{label} is refused: entry '{info.filename}' is a symbolic link; {FIX_ARCHIVE} "
                 f"without links (zip without --symlinks)"
             )
     expanded = sum(info.file_size for info in entries)
@@ -124,7 +124,7 @@ def _extract_entry(
     seen.add(key)
     target = destination.joinpath(*parts)
     if not target.resolve().is_relative_to(destination.resolve()):
-        raise SpaceportError(f"{label} is refused: entry {info.filename!r} escapes the extraction folder")
+        raise SpaceportError(f"{label} is refused: entry '{info.filename}' escapes the extraction folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with archive.open(info) as entry, open(target, "wb") as out:
