@@ -1,0 +1,34 @@
+"""The CUDA backend: a thin call of ``gsplat.rasterization`` with the options our torch twin matches."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def render_gsplat(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    *,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    absgrad: bool = False,
+) -> tuple[Tensor, Tensor, dict]:
+    """gsplat's rasterization, non-packed, classic, RGB, pinhole (gsplat compiles its kernels on first use)."""
+    from gsplat import rasterization  # imported here: CPU-only installs never need it
+
+    return rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
+        packed=False, backgrounds=backgrounds, render_mode="RGB", absgrad=absgrad,
+        rasterize_mode="classic", camera_model="pinhole",
+    )
