@@ -56,22 +56,29 @@ def make_video_from_photos(
     *,
     frames_per_photo: int = 1,
     codec: str = "libx264",
+    display_rotation: int = 0,
 ) -> Path:
     """Encode photos (paths or PIL images) as the frames of a video with PyAV, each shown frames_per_photo times.
 
     Each photo is made upright, then scaled and centre-cropped to size (width, height; even numbers), so every
     frame is the same pinhole camera. The container follows out_path's suffix (.mp4, .mov, .mkv, .avi).
+    display_rotation (degrees counter-clockwise, a multiple of 90; phones filming upright write -90) stores the
+    frames turned the other way plus that display matrix, so a player shows them upright at size.
     """
     width, height = size
     if width % 2 or height % 2:
         raise ValueError(f"video size must be even, got {size}")
+    if display_rotation % 180:
+        width, height = height, width
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(out_path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         for photo in photos:
             image = ImageOps.fit(upright(photo), size, Image.Resampling.LANCZOS)
-            frame = av.VideoFrame.from_image(image)
+            frame = av.VideoFrame.from_image(image.rotate(-display_rotation, expand=True))
             for _ in range(frames_per_photo):
                 for packet in stream.encode(frame):
                     container.mux(packet)

@@ -209,7 +209,7 @@ BAD_INPUTS = {
     # case: (files taken from the 8 photos, extra files, words the error must contain)
     "empty folder": (0, {}, ["input", "is empty"]),
     "only hidden files": (0, {".DS_Store": b"x", "__MACOSX/._a.jpg": b"x"}, ["is empty"]),
-    "a single photo": (1, {}, ["only 1 usable photos", "at least 3"]),
+    "a single photo": (1, {}, ["only 1 usable photo in input", "at least 3"]),
     "two photos": (2, {}, ["only 2 usable photos", "at least 3"]),
     "two photos and a corrupt one": (2, {"broken.jpg": b"\xff\xd8" + bytes(100)}, ["broken.jpg", "corrupt"]),
     "a non-image file alone": (0, {"notes.txt": b"hello"}, ["no photo", "notes.txt"]),

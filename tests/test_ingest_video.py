@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from spaceport.ingest import IngestConfig, run_ingest
 from spaceport.progress import NullProgress
@@ -100,6 +100,24 @@ def test_frames_are_downscaled_and_a_container_without_a_frame_count_works(
     assert manifest["video"]["frame_count"] == 6
     assert len(manifest["frames"]) == 6
     assert {(frame["width"], frame["height"]) for frame in manifest["frames"]} == {(120, 160)}
+
+
+@pytest.mark.parametrize("display_rotation", [-90, 90, 180])
+def test_a_phone_video_display_rotation_is_applied(display_rotation: int, tmp_path: Path) -> None:
+    photos = [upright(path) for path in small_photo_copies(monstree_photos()[:3], tmp_path / "photos")]
+    video = make_video_from_photos(
+        photos, tmp_path / "phone.mov", fps=5, size=(240, 320), display_rotation=display_rotation
+    )
+    with av.open(str(video)) as container:
+        stored = container.streams.video[0].codec_context
+        assert (stored.width, stored.height) == ((320, 240) if display_rotation % 180 else (240, 320))
+    ws, manifest = ingest_video(tmp_path / "job", video, IngestConfig())
+    assert manifest["video"]["rotation"] == display_rotation % 360
+    for frame, photo in zip(manifest["frames"], photos, strict=True):
+        output = np.asarray(Image.open(ws.images_dir / frame["file"]).convert("RGB"), dtype=float)
+        expected = np.asarray(ImageOps.fit(photo, (240, 320)), dtype=float)
+        assert output.shape == expected.shape == (320, 240, 3)
+        assert np.abs(output - expected).mean() < 6 < np.abs(output[::-1, ::-1] - expected).mean()
 
 
 def test_a_standing_camera_gives_no_repeated_frames(tmp_path: Path) -> None:

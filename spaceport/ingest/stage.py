@@ -101,10 +101,10 @@ def _require_enough(manifest: FramesManifest, ws: Workspace, config: IngestConfi
     count = len(manifest.frames)
     if count >= config.min_images:
         return
-    what = "frames" if manifest.kind == "video" else "photos"
+    what = "frame" if manifest.kind == "video" else "photo"
     message = (
-        f"only {count} usable {what} in {manifest.input}; SfM needs at least {config.min_images} "
-        f"overlapping {what}: "
+        f"only {count} usable {what}{'' if count == 1 else 's'} in {manifest.input}; SfM needs at least "
+        f"{config.min_images} overlapping {what}s: "
     )
     if manifest.kind == "video":
         message += "film a longer video moving around the subject, or raise target_frames"

@@ -174,7 +174,7 @@ def _decode(
 def _measure(frame: av.VideoFrame, index: int, state: _Decoding) -> int:
     window = state.sampler.window_of[index]
     width, height = scaled_size(frame.width, frame.height, state.config.analysis_size)
-    grey = frame.reformat(width=width, height=height, format="gray").to_ndarray()
+    grey = frame.reformat(width=width, height=height, format="gray", interpolation="AREA").to_ndarray()
     value = sharpness(grey)
     state.candidates.append(
         VideoCandidate(frame_index=index, time_s=frame.time, window=window, sharpness=value, chosen=False)
@@ -202,13 +202,11 @@ def _collect(state: _Decoding, keep: int) -> None:
 
 
 def _write_frame(pick: _Pick, staging: Path, label: str, config: IngestConfig) -> _Written:
-    image = pick.frame.to_image()
+    width, height = scaled_size(pick.frame.width, pick.frame.height, config.max_size)
+    image = pick.frame.reformat(width=width, height=height, format="rgb24", interpolation="LANCZOS").to_image()
     rotation = (pick.frame.rotation or 0) % 360
     if rotation in ROTATIONS:
         image = image.transpose(ROTATIONS[rotation])
-    target = scaled_size(*image.size, config.max_size)
-    if target != image.size:
-        image = image.resize(target, Image.Resampling.LANCZOS)
     name = f"frame_{pick.index:06d}.jpg"
     image.save(staging / name, "JPEG", quality=config.jpeg_quality)
     record = FrameRecord(
