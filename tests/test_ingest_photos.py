@@ -16,6 +16,7 @@ from spaceport.ingest.naming import unique_names
 from spaceport.progress import NullProgress
 from spaceport.workspace import SpaceportError, Workspace
 from tests.media import (
+    blurred,
     jpeg_bytes,
     monstree_photos,
     small_photo_copies,
@@ -151,6 +152,21 @@ def test_exact_and_near_duplicates_are_dropped(dedupe: bool, photos: list[Path],
     kept = {frame["file"] for frame in manifest["frames"]}
     assert kept | {"frames.json"} == {path.name for path in ws.images_dir.iterdir()}
     assert any("near-duplicate" in message for message in progress.messages)
+
+
+@pytest.mark.parametrize("drop_blurry_photos", [True, False])
+def test_blurry_photos_are_dropped_only_when_asked(
+    drop_blurry_photos: bool, photos: list[Path], tmp_path: Path
+) -> None:
+    workspace = workspace_with_input(tmp_path, photos[:4])
+    (workspace / "input" / "shaky.jpg").write_bytes(jpeg_bytes(blurred(photos[4], radius=3)))
+    ws, manifest, _ = ingest(workspace, IngestConfig(drop_blurry_photos=drop_blurry_photos))
+    files = {frame["file"] for frame in manifest["frames"]}
+    assert ("shaky.jpg" in files) is not drop_blurry_photos
+    assert len(files) == (4 if drop_blurry_photos else 5)
+    if drop_blurry_photos:
+        (dropped,) = manifest["dropped"]
+        assert dropped["source"] == "input/shaky.jpg" and dropped["reason"].startswith("blurry")
 
 
 def test_names_are_kept_made_safe_and_unique(photos: list[Path], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from spaceport.ingest.config import IngestConfig
 from spaceport.ingest.exif import TAG_ORIENTATION, ExifSummary, exif_for_output, summarize_exif
 from spaceport.ingest.manifest import DroppedRecord, FrameRecord
 from spaceport.ingest.naming import unique_names
-from spaceport.ingest.quality import analysis_copy, blurry_indices, hash_distance, perceptual_hash, sharpness
+from spaceport.ingest.quality import analysis_copy, blurry_indices, perceptual_hash, sharpness
 from spaceport.progress import Progress
 
 # What Pillow raises for a file that is not a decodable image (truncated, garbage, absurdly large).
@@ -171,12 +171,15 @@ def _exact_duplicates(kept: list[PhotoOutcome]) -> dict[int, str]:
 
 def _near_duplicates(kept: list[PhotoOutcome], max_distance: int) -> dict[int, str]:
     """Greedy, sharpest first: an image whose hash is within max_distance of a kept one is dropped."""
+    if not kept:
+        return {}
+    hashes = np.stack([outcome.phash for outcome in kept])  # type: ignore[misc]
     order = sorted(range(len(kept)), key=lambda index: -_sharpness(kept[index]))
     chosen: list[int] = []
     duplicates = {}
     for index in order:
-        distances = [hash_distance(kept[index].phash, kept[other].phash) for other in chosen]  # type: ignore[arg-type]
-        closest = int(np.argmin(distances)) if distances else -1
+        distances = np.count_nonzero(hashes[chosen] != hashes[index], axis=1)
+        closest = int(np.argmin(distances)) if chosen else -1
         if closest >= 0 and distances[closest] <= max_distance:
             twin = kept[chosen[closest]].source
             duplicates[index] = f"near-duplicate of {twin} (perceptual hash distance {distances[closest]}); dropped"
