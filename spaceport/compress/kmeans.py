@@ -1,0 +1,206 @@
+"""Clustering for SOG codebooks, in torch on whichever device holds the data.
+
+- ``quantize_1d``: a 256-entry scalar codebook (scales, DC colours, SH palette values).
+- ``kmeans``: the SH palette, a two-level k-means. A flat k-means with the palette sizes SOG uses (up to
+  65,536 centroids) costs N x K distance evaluations per iteration, which the CPU cannot afford; two levels
+  (about sqrt(K) coarse cells, then each cell split in proportion to its size) cost about N x 2 sqrt(K).
+  Points are assigned to the nearest centroid of their own cell, and labels of one cell are contiguous, so
+  neighbours in the sorted grid with similar SH also get numerically close labels (smaller WebP files).
+
+Everything is deterministic for a given seed on a given device: random draws come from a seeded generator,
+and centroid sums come from a sort and a float64 cumulative sum instead of atomic scatter-adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# points x centroids distance block evaluated at once; bounds the temporary memory (~64 MiB of float32)
+_DISTANCE_BLOCK = 16 * 1024 * 1024
+
+
+@dataclass
+class Codebook1D:
+    values: Tensor  # (levels,) float32, ascending
+    labels: Tensor  # same shape as the input, uint8 (levels <= 256) indices into values
+
+
+@dataclass
+class KMeansResult:
+    centroids: Tensor  # (K, D) float32
+    labels: Tensor  # (N,) int64 in [0, K)
+
+
+def quantize_1d(values: Tensor, levels: int = 256, density_power: float = 0.5, iterations: int = 60,
+                fine_bins: int = 2048) -> Codebook1D:
+    """A ``levels``-entry codebook for all of ``values`` (any shape) and each value's nearest entry.
+
+    Weighted Lloyd iterations on a fine histogram whose bins are the union of equal-width and equal-count
+    bins (so both the dense centre and the sparse tails get bins). A bin weighs count**density_power:
+    with a power below 1 the tails (the few very large scales, saturated colours) keep codebook entries
+    instead of all entries crowding the centre. Inputs with at most ``levels`` distinct values are coded
+    exactly.
+    """
+    flat = values.reshape(-1).float()
+    ordered = torch.sort(flat).values
+    distinct = torch.unique_consecutive(ordered)
+    if distinct.numel() <= levels:
+        codebook = distinct
+    else:
+        means, counts = _histogram_bins(ordered.double(), fine_bins)
+        codebook = _weighted_lloyd_1d(means, counts.double() ** density_power, levels, iterations).float()
+    codebook = _pad(codebook, levels)
+    return Codebook1D(codebook, nearest_1d(flat, codebook).reshape(values.shape).to(torch.uint8))
+
+
+def nearest_1d(values: Tensor, ascending_codebook: Tensor) -> Tensor:
+    """Index of the nearest entry of an ascending codebook for each value (int64)."""
+    midpoints = (ascending_codebook[1:] + ascending_codebook[:-1]) * 0.5
+    return torch.bucketize(values, midpoints)
+
+
+def _pad(codebook: Tensor, levels: int) -> Tensor:
+    if codebook.numel() == levels:
+        return codebook
+    return torch.cat([codebook, codebook[-1:].expand(levels - codebook.numel())])
+
+
+def _histogram_bins(ordered: Tensor, fine_bins: int) -> tuple[Tensor, Tensor]:
+    """Mean and count of the non-empty bins of sorted float64 ``ordered``."""
+    n = ordered.numel()
+    low, high = ordered[0], ordered[-1]
+    uniform_edges = torch.linspace(0, 1, fine_bins + 1, device=ordered.device, dtype=ordered.dtype)
+    uniform_edges = low + (high - low) * uniform_edges
+    rank_positions = torch.linspace(0, n - 1, fine_bins + 1, device=ordered.device, dtype=torch.float64)
+    rank_edges = ordered[rank_positions.round().long()]
+    edges = torch.unique(torch.cat([uniform_edges, rank_edges]))
+    # bin b holds ordered[starts[b]:starts[b+1]]; the last edge closes the last bin
+    starts = torch.searchsorted(ordered, edges[:-1], right=False)
+    ends = torch.cat([starts[1:], torch.tensor([n], device=ordered.device)])
+    prefix = torch.cat([torch.zeros(1, dtype=ordered.dtype, device=ordered.device), torch.cumsum(ordered, 0)])
+    counts = ends - starts
+    keep = counts > 0
+    sums = prefix[ends] - prefix[starts]
+    return sums[keep] / counts[keep], counts[keep]
+
+
+def _weighted_lloyd_1d(points: Tensor, weights: Tensor, levels: int, iterations: int) -> Tensor:
+    """Lloyd's algorithm on sorted weighted 1-D points, started at weighted quantiles."""
+    cumulative = torch.cumsum(weights, 0)
+    targets = (torch.arange(levels, device=points.device, dtype=points.dtype) + 0.5) / levels * cumulative[-1]
+    centroids = points[torch.searchsorted(cumulative, targets).clamp_max(points.numel() - 1)]
+    for _ in range(iterations):
+        labels = nearest_1d(points, centroids)
+        weight_sums = torch.zeros(levels, dtype=points.dtype, device=points.device)
+        weight_sums.index_add_(0, labels, weights)  # few thousand points: summation order is fixed on CPU
+        value_sums = torch.zeros_like(weight_sums).index_add_(0, labels, weights * points)
+        updated = torch.where(weight_sums > 0, value_sums / weight_sums.clamp_min(1e-300), centroids)
+        empty = weight_sums == 0
+        if empty.any():  # move unused entries onto the points coded worst
+            errors = weights * (points - centroids[labels]) ** 2
+            updated[empty] = points[torch.topk(errors, int(empty.sum())).indices]
+        centroids = torch.sort(updated).values
+    return centroids
+
+
+def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0) -> KMeansResult:
+    """Two-level k-means of (N, D) ``points`` into at most ``k`` centroids (see the module docstring)."""
+    n = points.shape[0]
+    points = points.float()
+    if n <= k:
+        return KMeansResult(points.clone(), torch.arange(n, device=points.device))
+    generator = torch.Generator(device=points.device).manual_seed(seed)
+    coarse_k = max(1, min(round(k**0.5), k))
+    if coarse_k == 1 or k <= 256:
+        return lloyd(points, k, iterations, generator)
+    coarse = lloyd(points, coarse_k, iterations, generator)
+    cell_order = _principal_order(coarse.centroids)
+    counts = torch.bincount(coarse.labels, minlength=coarse_k)
+    allocation = _allocate(counts, k)
+    centroids, labels = [], torch.empty(n, dtype=torch.long, device=points.device)
+    offset = 0
+    members_by_cell = _members_by_cell(coarse.labels, coarse_k)
+    for cell in cell_order.tolist():
+        members = members_by_cell[cell]
+        if members.numel() == 0:
+            continue
+        fine = lloyd(points[members], int(allocation[cell]), iterations, generator)
+        fine_order = _principal_order(fine.centroids)
+        rank = torch.empty_like(fine_order)
+        rank[fine_order] = torch.arange(fine_order.numel(), device=points.device)
+        centroids.append(fine.centroids[fine_order])
+        labels[members] = rank[fine.labels] + offset
+        offset += fine.centroids.shape[0]
+    return KMeansResult(torch.cat(centroids), labels)
+
+
+def lloyd(points: Tensor, k: int, iterations: int, generator: torch.Generator) -> KMeansResult:
+    """Flat k-means: k distinct random points as the start, ``iterations`` Lloyd steps, final assignment."""
+    n = points.shape[0]
+    if n <= k:
+        return KMeansResult(points.clone(), torch.arange(n, device=points.device))
+    start = torch.randperm(n, generator=generator, device=points.device)[:k]
+    centroids = points[start].clone()
+    for _ in range(iterations):
+        labels = nearest(points, centroids)
+        centroids = _centroid_means(points, labels, centroids)
+    return KMeansResult(centroids, nearest(points, centroids))
+
+
+def nearest(points: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest centroid (squared L2) for every point, in memory-bounded blocks."""
+    centroid_norms = (centroids * centroids).sum(1)
+    block = max(1, _DISTANCE_BLOCK // max(1, centroids.shape[0]))
+    labels = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
+    for start in range(0, points.shape[0], block):
+        chunk = points[start:start + block]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every centroid
+        distances = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0)
+        labels[start:start + block] = distances.argmin(1)
+    return labels
+
+
+def _centroid_means(points: Tensor, labels: Tensor, previous: Tensor) -> Tensor:
+    """Mean of each cluster's points (an empty cluster keeps its previous centroid), deterministically."""
+    k = previous.shape[0]
+    order = torch.sort(labels, stable=True).indices
+    counts = torch.bincount(labels, minlength=k)
+    ends = torch.cumsum(counts, 0)
+    prefix = torch.cat([torch.zeros(1, points.shape[1], dtype=torch.float64, device=points.device),
+                        torch.cumsum(points[order].double(), 0)])
+    sums = prefix[ends] - prefix[ends - counts]
+    means = (sums / counts.clamp_min(1)[:, None]).float()
+    return torch.where(counts[:, None] > 0, means, previous)
+
+
+def _members_by_cell(labels: Tensor, cells: int) -> list[Tensor]:
+    order = torch.sort(labels, stable=True).indices
+    counts = torch.bincount(labels, minlength=cells).tolist()
+    return list(torch.split(order, counts))
+
+
+def _allocate(counts: Tensor, k: int) -> Tensor:
+    """Split k centroids over cells in proportion to their sizes (largest remainder), 1..size per cell."""
+    counts = counts.cpu().double()
+    share = counts / counts.sum() * k
+    allocation = share.floor()
+    remainder = int(k - allocation.sum().item())
+    if remainder > 0:
+        allocation[torch.argsort(share - allocation, descending=True, stable=True)[:remainder]] += 1
+    allocation = torch.minimum(allocation.clamp_min(1), counts)
+    return allocation.long()
+
+
+def _principal_order(centroids: Tensor) -> Tensor:
+    """Order of centroids along their first principal axis, so similar centroids get nearby labels."""
+    if centroids.shape[0] < 3:
+        return torch.arange(centroids.shape[0], device=centroids.device)
+    centred = (centroids - centroids.mean(0)).double()
+    covariance = centred.T @ centred
+    _, vectors = torch.linalg.eigh(covariance.cpu())
+    axis = vectors[:, -1].to(centred.device)
+    axis = axis * torch.sign(axis[axis.abs().argmax()])  # eigenvector sign is arbitrary: fix it
+    return torch.argsort(centred @ axis, stable=True)
