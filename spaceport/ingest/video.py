@@ -26,6 +26,7 @@ from spaceport.progress import Progress, Task
 from spaceport.workspace import SpaceportError
 
 VIDEO_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+_FIX_VIDEO = "check that it plays, or re-encode it: `ffmpeg -i VIDEO -c:v libx264 -pix_fmt yuv420p video.mp4`"
 # Rotation (degrees counter-clockwise, as PyAV reports the display matrix) -> the PIL transpose undoing it.
 ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
@@ -136,8 +137,6 @@ def count_frames(video: Path, label: str) -> int:
         raise SpaceportError(f"{label} has no video frames; {_FIX_VIDEO}")
     return count
 
-
-_FIX_VIDEO = "check that it plays, or re-encode it: `ffmpeg -i VIDEO -c:v libx264 -pix_fmt yuv420p video.mp4`"
 
 
 def _open(video: Path, label: str) -> av.container.InputContainer:
