@@ -13,7 +13,6 @@ from spaceport.ingest.config import IngestConfig
 from spaceport.ingest.inputs import InputKind, InputPlan, inspect_input
 from spaceport.ingest.manifest import MANIFEST_NAME, DroppedRecord, FramesManifest
 from spaceport.ingest.photos import ingest_photos
-from spaceport.ingest.video import ingest_video
 from spaceport.progress import Progress
 from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json
 
@@ -54,6 +53,8 @@ def _ingest(
     for ignored in plan.ignored:
         progress.log(f"warning: {ignored.source}: {ignored.reason}", logging.WARNING)
     if plan.kind is InputKind.VIDEO:
+        from spaceport.ingest.video import ingest_video  # PyAV is only needed for video input
+
         label = _relative(plan.files[0], ws)
         video = ingest_video(plan.files[0], label, staging, config, progress)
         manifest = FramesManifest(
