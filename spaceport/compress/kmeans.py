@@ -88,10 +88,16 @@ def _histogram_bins(ordered: Tensor, fine_bins: int) -> tuple[Tensor, Tensor]:
 
 
 def _weighted_lloyd_1d(points: Tensor, weights: Tensor, levels: int, iterations: int) -> Tensor:
-    """Lloyd's algorithm on sorted weighted 1-D points, started at weighted quantiles."""
+    """Lloyd's algorithm on sorted weighted 1-D points. Half the start entries sit at weighted quantiles,
+    half evenly over the range: Lloyd only moves entries locally, and started at quantiles alone it never
+    brings entries out to sparse tails (measured: 10-40x larger worst errors on heavy-tailed data)."""
+    half = levels // 2
     cumulative = torch.cumsum(weights, 0)
-    targets = (torch.arange(levels, device=points.device, dtype=points.dtype) + 0.5) / levels * cumulative[-1]
-    centroids = points[torch.searchsorted(cumulative, targets).clamp_max(points.numel() - 1)]
+    steps = torch.arange(levels, device=points.device, dtype=points.dtype) + 0.5
+    quantile_targets = steps[:half] / half * cumulative[-1]
+    at_quantiles = points[torch.searchsorted(cumulative, quantile_targets).clamp_max(points.numel() - 1)]
+    evenly = points[0] + (points[-1] - points[0]) * steps[: levels - half] / (levels - half)
+    centroids = torch.sort(torch.cat([at_quantiles, evenly])).values
     for _ in range(iterations):
         labels = nearest_1d(points, centroids)
         weight_sums = torch.zeros(levels, dtype=points.dtype, device=points.device)

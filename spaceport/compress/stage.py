@@ -80,9 +80,9 @@ def morton_order(means: np.ndarray) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
-def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, progress: Progress,
-                   unbundled_dir: Path | None = None) -> CompressOutcome:
-    """Sort, quantize, encode and write ``splat`` as a SOG bundle at ``out_sog``."""
+def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, progress: Progress) -> CompressOutcome:
+    """Sort, quantize, encode and write ``splat`` as a SOG bundle at ``out_sog`` (and, with
+    ``config.unbundled``, meta.json and the WebP files beside it)."""
     device = resolve_device(config.device)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -99,7 +99,7 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
     seconds["quantize"] = time.perf_counter() - started
     started = time.perf_counter()
     files = encode_files(content, WebpOptions(method=config.webp_method, quality=config.webp_quality))
-    size = write_sog(out_sog, files, unbundled_dir)
+    size = write_sog(out_sog, files, out_sog.parent if config.unbundled else None)
     seconds["webp_and_write"] = time.perf_counter() - started
     progress.log(f"compress: wrote {out_sog} ({size / 1e6:.2f} MB, {len(splat)} Gaussians, "
                  f"SH bands {content.meta.get('shN', {}).get('bands', 0)})")
@@ -131,11 +131,10 @@ def compress_ply(in_ply: str | Path, out_sog: str | Path, config: CompressConfig
     in_ply, out_sog = Path(in_ply), Path(out_sog)
     started = time.perf_counter()
     splat = load_splat(in_ply)
-    unbundled_dir = out_sog.parent if config.unbundled else None
-    outcome = compress_splat(splat, out_sog, config, progress, unbundled_dir)
+    outcome = compress_splat(splat, out_sog, config, progress)
     outputs = {"sog": str(out_sog)}
-    if unbundled_dir is not None:
-        outputs["meta"] = str(unbundled_dir / "meta.json")
+    if config.unbundled:
+        outputs["meta"] = str(out_sog.parent / "meta.json")
     return StageResult("compress", time.perf_counter() - started, outputs,
                        _metrics(outcome, in_ply.stat().st_size, time.perf_counter() - started))
 
@@ -146,11 +145,10 @@ def run_compress(ws: Workspace, config: CompressConfig, progress: Progress) -> S
     source = _input_ply(ws)
     progress.log(f"compress: reading {ws.rel(source)}")
     splat = load_splat(source)
-    unbundled_dir = ws.compress_dir if config.unbundled else None
-    outcome = compress_splat(splat, ws.sog_path, config, progress, unbundled_dir)
+    outcome = compress_splat(splat, ws.sog_path, config, progress)
     outputs = {"sog": ws.rel(ws.sog_path)}
-    if unbundled_dir is not None:
-        outputs["meta"] = ws.rel(unbundled_dir / "meta.json")
+    if config.unbundled:
+        outputs["meta"] = ws.rel(ws.compress_dir / "meta.json")
     return StageResult("compress", time.perf_counter() - started, outputs,
                        _metrics(outcome, source.stat().st_size, time.perf_counter() - started))
 
