@@ -98,11 +98,15 @@ def _weighted_lloyd_1d(points: Tensor, weights: Tensor, levels: int, iterations:
     at_quantiles = points[torch.searchsorted(cumulative, quantile_targets).clamp_max(points.numel() - 1)]
     evenly = points[0] + (points[-1] - points[0]) * steps[: levels - half] / (levels - half)
     centroids = torch.sort(torch.cat([at_quantiles, evenly])).values
+    weight_prefix = _prefix_sums(weights)
+    value_prefix = _prefix_sums(weights * points)
     for _ in range(iterations):
+        # points are sorted, so each entry's points are one contiguous run: sums from prefix sums
         labels = nearest_1d(points, centroids)
-        weight_sums = torch.zeros(levels, dtype=points.dtype, device=points.device)
-        weight_sums.index_add_(0, labels, weights)  # few thousand points: summation order is fixed on CPU
-        value_sums = torch.zeros_like(weight_sums).index_add_(0, labels, weights * points)
+        ends = torch.cumsum(torch.bincount(labels, minlength=levels), 0)
+        starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+        weight_sums = weight_prefix[ends] - weight_prefix[starts]
+        value_sums = value_prefix[ends] - value_prefix[starts]
         updated = torch.where(weight_sums > 0, value_sums / weight_sums.clamp_min(1e-300), centroids)
         empty = weight_sums == 0
         if empty.any():  # move unused entries onto the points coded worst
@@ -110,6 +114,10 @@ def _weighted_lloyd_1d(points: Tensor, weights: Tensor, levels: int, iterations:
             updated[empty] = points[torch.topk(errors, int(empty.sum())).indices]
         centroids = torch.sort(updated).values
     return centroids
+
+
+def _prefix_sums(values: Tensor) -> Tensor:
+    return torch.cat([values.new_zeros(1), torch.cumsum(values, 0)])
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0) -> KMeansResult:

@@ -1,0 +1,162 @@
+"""SOG encode time and size: ours (CPU, and CUDA when asked) against PlayCanvas' splat-transform (CPU).
+
+    python bench/compress.py                                  # ours on the CPU at 50k, 100k, 1M, 3M
+    python bench/compress.py --devices cuda --sizes 100000,1000000,3000000 --st-sizes ""   # on the GPU
+    python bench/compress.py --sizes 50000 --st-sizes 50000   # the 10x check against splat-transform
+
+Input: ``random_gaussians(N, sh_degree=3)`` written as an INRIA PLY (or ``--ply`` a real splat, cut to
+each size by a seeded random subset). Each row times one whole PLY -> .sog conversion as the CLI does it
+(read, sort, quantize, WebP, write); ours reports its split too. splat-transform runs as
+``splat-transform -g cpu -i ITERATIONS in.ply out.sog`` from tests/js (``npm ci --prefix tests/js``).
+Sizes where splat-transform also ran get the speed-up on the same input. Writes
+bench/results/compress_<device>.json (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spaceport.compress import CompressConfig, compress_ply
+from spaceport.progress import NullProgress
+from spaceport.splat.ply import Gaussians, random_gaussians, read_ply, write_ply
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLAT_TRANSFORM = ROOT / "tests" / "js" / "node_modules" / ".bin" / "splat-transform"
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(float(part)) for part in text.split(",") if part.strip()]
+
+
+def make_input(size: int, source: Gaussians | None, folder: Path, seed: int) -> Path:
+    path = folder / f"input_{size}.ply"
+    if not path.exists():
+        if source is None:
+            splat = random_gaussians(size, sh_degree=3, seed=seed)
+        else:
+            if size > len(source):
+                raise SystemExit(f"--ply holds {len(source)} Gaussians, fewer than the size {size}")
+            splat = source.subset(np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False)))
+        write_ply(path, splat)
+    return path
+
+
+def run_ours(ply: Path, out: Path, device: str, config: dict) -> dict:
+    started = time.perf_counter()
+    result = compress_ply(ply, out, CompressConfig(device=device, **config), NullProgress())
+    seconds = time.perf_counter() - started
+    metrics = result.metrics
+    return {"tool": "spaceport", "device": device, "seconds": round(seconds, 2),
+            "sog_bytes": metrics["sog_bytes"], "ply_bytes": metrics["ply_bytes"],
+            "neighbour_before": metrics["neighbour_distance_before"],
+            "neighbour_after": metrics["neighbour_distance_after"],
+            "split": {k.removeprefix("seconds_"): v for k, v in metrics.items() if k.startswith("seconds_")}}
+
+
+def run_splat_transform(ply: Path, out: Path, iterations: int, timeout: float) -> dict:
+    if not SPLAT_TRANSFORM.exists():
+        raise SystemExit(f"{SPLAT_TRANSFORM} missing: run `npm ci --prefix tests/js`")
+    command = [str(SPLAT_TRANSFORM), "-q", "-w", "-g", "cpu", "-i", str(iterations), str(ply), str(out)]
+    started = time.perf_counter()
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"tool": "splat-transform", "device": "cpu", "seconds": None, "timed_out_after": timeout,
+                "iterations": iterations, "ply_bytes": ply.stat().st_size}
+    seconds = time.perf_counter() - started
+    return {"tool": "splat-transform", "device": "cpu", "seconds": round(seconds, 2),
+            "iterations": iterations, "sog_bytes": out.stat().st_size, "ply_bytes": ply.stat().st_size}
+
+
+def warm_up(device: str, folder: Path) -> None:
+    """One small run first, so CUDA context creation and first-call costs are not in the timings."""
+    ply = make_input(4096, None, folder, seed=99)
+    compress_ply(ply, folder / "warm_up.sog", CompressConfig(device=device), NullProgress())
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'N':>9} {'tool':<16} {'device':<6} {'seconds':>9} {'PLY MB':>8} {'SOG MB':>8} {'ratio':>6} " \
+             f"{'speed-up':>9} {'neighbour dist.':>16}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        seconds = "timeout" if row["seconds"] is None else f"{row['seconds']:.2f}"
+        sog = row.get("sog_bytes")
+        ratio = f"{row['ply_bytes'] / sog:.1f}" if sog else "-"
+        speedup = f"{row['speedup_vs_splat_transform']:.1f}x" if row.get("speedup_vs_splat_transform") else ""
+        neighbour = f"{row['neighbour_before']:.2f}->{row['neighbour_after']:.2f}" if "neighbour_after" in row else ""
+        print(f"{row['n']:>9} {row['tool']:<16} {row['device']:<6} {seconds:>9} {row['ply_bytes'] / 1e6:>8.1f} "
+              f"{(sog or 0) / 1e6:>8.2f} {ratio:>6} {speedup:>9} {neighbour:>16}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="50000,100000,1000000,3000000", help="Gaussian counts for ours")
+    parser.add_argument("--devices", default="cpu", help="comma list of cpu, cuda")
+    parser.add_argument("--st-sizes", default="50000", help="counts for splat-transform ('' = skip it)")
+    parser.add_argument("--st-iterations", type=int, default=1, help="splat-transform -i (SH k-means)")
+    parser.add_argument("--st-timeout", type=float, default=1800, help="seconds before giving up on it")
+    parser.add_argument("--ply", type=Path, help="a real splat to cut the sizes from (default: random)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="CompressConfig override, e.g. --set sort_iterations=2")
+    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/compress_<devices>.json)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    st_sizes = parse_sizes(args.st_sizes)
+    sizes = sorted(set(parse_sizes(args.sizes)) | (set(st_sizes) if "cpu" in devices else set()))
+    config = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    source = read_ply(args.ply) if args.ply else None
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_compress_") as tmp:
+        folder = Path(tmp)
+        for device in devices:
+            warm_up(device, folder)
+        for size in sizes:
+            ply = make_input(size, source, folder, args.seed)
+            size_rows = []
+            if size in st_sizes:
+                size_rows.append(run_splat_transform(ply, folder / f"st_{size}.sog", args.st_iterations,
+                                                     args.st_timeout))
+            for device in devices:
+                size_rows.append(run_ours(ply, folder / f"ours_{size}_{device}.sog", device, config))
+            reference = next((r["seconds"] for r in size_rows if r["tool"] == "splat-transform"), None)
+            for row in size_rows:
+                row["n"] = size
+                if reference and row["tool"] == "spaceport":
+                    row["speedup_vs_splat_transform"] = round(reference / row["seconds"], 1)
+                print(json.dumps(row), flush=True)
+            rows.extend(size_rows)
+            ply.unlink()
+
+    print()
+    print_table(rows)
+    out = args.out or ROOT / "bench" / "results" / f"compress_{'_'.join(devices)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpu_threads": args.threads,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    "torch": torch.__version__},
+        "input": str(args.ply) if args.ply else "random_gaussians(N, sh_degree=3)",
+        "config_overrides": config,
+        "splat_transform": {"version": "2.7.1", "iterations": args.st_iterations},
+        "rows": rows,
+    }, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
