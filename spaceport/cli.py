@@ -29,7 +29,7 @@ SHORTCUTS = {
     "vocab_tree": "sfm.vocab_tree_path",
     "min_registered": "sfm.min_registered_fraction",
     "strategy": "train.strategy",
-    "train_steps": "train.max_steps",
+    "train_steps": "train.steps",
     "backend": "train.backend",
     "sh_bands": "compress.sh_bands",
 }
