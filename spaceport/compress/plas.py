@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from itertools import permutations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from spaceport.splat.ply import Gaussians
@@ -126,14 +127,17 @@ def plas_sort(features: Tensor, width: int, seed: int = 0, schedule: PlasSchedul
     cells = rows * width
     padded = torch.cat([features, torch.zeros(cells - count, features.shape[1], device=device)])
     is_padding = torch.arange(cells, device=device) >= count
+    # blur input: features times the validity mask, then the mask itself
+    masked = torch.cat([padded * (~is_padding)[:, None], (~is_padding)[:, None].float()], 1)
     grid = torch.cat([torch.randperm(count, generator=generator, device=device),
                       torch.arange(count, cells, device=device)])
-    valid = ~is_padding.view(rows, width)
     radii = _radii(max(rows, width) / 2, schedule)
     for round_index, radius in enumerate(radii):
         for _ in range(schedule.iterations_per_radius):
-            target = _blurred_target(padded.index_select(0, grid).view(rows, width, -1), valid, radius)
-            grid = _improve(grid, padded, is_padding, target.view(cells, -1), rows, width,
+            # gather whole rows (cache friendly), then go channel-first for pooling
+            channels = masked.index_select(0, grid).T.reshape(-1, rows, width)
+            target = _blurred_target(channels, radius).reshape(-1, cells).T.contiguous()  # (cells, C)
+            grid = _improve(grid, padded, is_padding, target, rows, width,
                             _block_side(radius, schedule.min_block_side), generator)
         if on_round is not None:
             on_round(round_index + 1, len(radii))
@@ -154,30 +158,27 @@ def _block_side(radius: float, min_side: int) -> int:
     return side + side % 2
 
 
-def _blurred_target(grid: Tensor, valid: Tensor, radius: float) -> Tensor:
-    """Each cell's neighbourhood mean (two box passes ~ a triangle filter of half-width ``radius``),
-    counting only real elements."""
-    box = max(1, round(radius / 2))
-    weighted = torch.cat([grid * valid[..., None], valid[..., None].to(grid.dtype)], dim=-1)
-    for _ in range(2):
-        weighted = _box_filter(_box_filter(weighted, box, 0), box, 1)
-    return weighted[..., :-1] / weighted[..., -1:].clamp_min(1e-12)
+def _blurred_target(channels: Tensor, radius: float) -> Tensor:
+    """Each cell's neighbourhood mean at scale ``radius``, from (C + 1, rows, width) channels whose last
+    channel is the validity mask and the others are features times the mask (so padding counts for
+    nothing). A pyramid, not a wide filter: average-pool by ~radius/2, a 3 x 3 box at that resolution,
+    bilinear upsampling; its cost does not grow with the radius."""
+    factor = max(1, int(radius // 2))
+    rows, width = channels.shape[1:]
+    if factor == 1:
+        blurred = _box3(_box3(channels))
+    else:
+        small = F.avg_pool2d(channels[None], factor, stride=factor, ceil_mode=True)
+        blurred = F.interpolate(_box3(small[0])[None], scale_factor=factor, mode="bilinear",
+                                align_corners=False)[0, :, :rows, :width]
+    return blurred[:-1] / blurred[-1:].clamp_min(1e-12)
 
 
-def _box_filter(values: Tensor, radius: int, dim: int) -> Tensor:
-    """Sum over a window of ``2 radius + 1`` along ``dim`` (clipped at the borders), by prefix sums."""
-    length = values.shape[dim]
-    prefix = torch.cumsum(values, dim)
-
-    def repeated(edge: Tensor, times: int) -> Tensor:
-        shape = list(edge.shape)
-        shape[dim] = times
-        return edge.expand(shape)
-
-    # extended[j] = (prefix with a leading zero)[clamp(j - radius, 0, length)]: slices instead of gathers
-    extended = torch.cat([repeated(torch.zeros_like(prefix.narrow(dim, 0, 1)), radius + 1), prefix,
-                          repeated(prefix.narrow(dim, length - 1, 1), radius)], dim)
-    return extended.narrow(dim, 2 * radius + 1, length) - extended.narrow(dim, 0, length)
+def _box3(values: Tensor) -> Tensor:
+    """Sum over each cell's 3 x 3 neighbourhood (zeros outside) of (C, rows, width) values."""
+    padded = F.pad(values, (1, 1, 1, 1))
+    horizontal = padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]
+    return horizontal[:, :-2] + horizontal[:, 1:-1] + horizontal[:, 2:]
 
 
 def _improve(grid: Tensor, features: Tensor, is_padding: Tensor, target: Tensor, rows: int, width: int,
@@ -212,7 +213,8 @@ def _assignment_matrix(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def _group_positions(rows: int, width: int, block_side: int, generator: torch.Generator) -> Tensor:
-    """Cell indices of the random groups of four: blocks tiled from a random offset, shuffled inside."""
+    """Cell indices of the random groups of four: blocks tiled from a random offset, shuffled inside
+    (all blocks alike: the offset and the shuffle change every step)."""
     device = generator.device
     side_y = min(block_side, rows - rows % 2)
     side_x = min(block_side, width - width % 2)
@@ -223,5 +225,5 @@ def _group_positions(rows: int, width: int, block_side: int, generator: torch.Ge
     xs = offset_x + torch.arange(blocks_x * side_x, device=device)
     cells = (ys[:, None] * width + xs[None, :])  # (blocks_y*side_y, blocks_x*side_x)
     blocks = cells.view(blocks_y, side_y, blocks_x, side_x).permute(0, 2, 1, 3).reshape(-1, side_y * side_x)
-    shuffle = torch.rand(blocks.shape, generator=generator, device=device).argsort(1)
-    return blocks.gather(1, shuffle).view(-1, 4)
+    shuffle = torch.randperm(side_y * side_x, generator=generator, device=device)  # one for all blocks
+    return blocks[:, shuffle].reshape(-1, 4)
