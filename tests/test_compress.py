@@ -326,6 +326,11 @@ def test_kmeans_clusters_are_good_and_deterministic() -> None:
         assert torch.equal(result.labels, again.labels) and torch.equal(result.centroids, again.centroids)
     few = kmeans(points[:10], 16)
     assert torch.equal(few.centroids, points[:10])
+    # very uneven cells: the palette must still fit the 16-bit labels it was sized for
+    uneven = torch.cat([0.01 * torch.randn(6000, 9, generator=generator),
+                        50 * torch.randn(300, 9, generator=generator)])
+    for k in (1000, 4096):
+        assert kmeans(uneven, k, iterations=2).centroids.shape[0] <= k
 
 
 # -- the stage ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch import Tensor
 
 # points x centroids distance block evaluated at once; bounds the temporary memory (~64 MiB of float32)
 _DISTANCE_BLOCK = 16 * 1024 * 1024
+_COARSE_SAMPLE_PER_CELL = 256
 
 
 @dataclass
@@ -130,7 +131,11 @@ def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0) -> KMean
     coarse_k = max(1, min(round(k**0.5), k))
     if coarse_k == 1 or k <= 256:
         return lloyd(points, k, iterations, generator)
-    coarse = lloyd(points, coarse_k, iterations, generator)
+    # the coarse cells only route points: fitting them on a sample is enough
+    sample_size = min(n, _COARSE_SAMPLE_PER_CELL * coarse_k)
+    sample = torch.randperm(n, generator=generator, device=points.device)[:sample_size]
+    coarse_centroids = lloyd(points[sample], coarse_k, iterations, generator).centroids
+    coarse = KMeansResult(coarse_centroids, nearest(points, coarse_centroids))
     cell_order = _principal_order(coarse.centroids)
     counts = torch.bincount(coarse.labels, minlength=coarse_k)
     allocation = _allocate(counts, k)
@@ -197,15 +202,17 @@ def _members_by_cell(labels: Tensor, cells: int) -> list[Tensor]:
 
 
 def _allocate(counts: Tensor, k: int) -> Tensor:
-    """Split k centroids over cells in proportion to their sizes (largest remainder), 1..size per cell."""
+    """Split k centroids over cells: one per non-empty cell, the rest in proportion to the cell sizes
+    (largest remainder), never more than a cell's points. The total never exceeds k."""
     counts = counts.cpu().double()
-    share = counts / counts.sum() * k
-    allocation = share.floor()
-    remainder = int(k - allocation.sum().item())
+    base = (counts > 0).double()
+    spare = k - base.sum()
+    share = counts / counts.sum() * spare
+    extra = share.floor()
+    remainder = int((spare - extra.sum()).item())
     if remainder > 0:
-        allocation[torch.argsort(share - allocation, descending=True, stable=True)[:remainder]] += 1
-    allocation = torch.minimum(allocation.clamp_min(1), counts)
-    return allocation.long()
+        extra[torch.argsort(share - extra, descending=True, stable=True)[:remainder]] += 1
+    return torch.minimum(base + extra, counts).long()
 
 
 def _principal_order(centroids: Tensor) -> Tensor:
