@@ -105,6 +105,20 @@ def test_round_trip_within_quantization(tmp_path: Path, sh_degree: int) -> None:
     assert_within_quantization(read_sog(out), stored, sog_meta(out), palette_is_exact=True)
 
 
+@pytest.mark.parametrize("sort", ["morton", "none"])
+def test_other_orders_round_trip(tmp_path: Path, sort: str) -> None:
+    splat = random_gaussians(COUNT, sh_degree=1, seed=16)
+    out = tmp_path / "scene.sog"
+    outcome = compress_splat(splat, out, CompressConfig(device="cpu", sort=sort, palette_size=COUNT, **FAST),
+                             NullProgress())
+    if sort == "none":
+        assert np.array_equal(outcome.order, np.arange(COUNT))
+        assert outcome.neighbour_distance_after == outcome.neighbour_distance_before
+    else:  # a Z-order curve keeps positions together, not colours or sizes: a smaller gain than PLAS
+        assert outcome.neighbour_distance_after < outcome.neighbour_distance_before
+    assert_within_quantization(read_sog(out), splat.subset(outcome.order), sog_meta(out), palette_is_exact=True)
+
+
 def test_shared_palette_round_trip(tmp_path: Path) -> None:
     splat = random_gaussians(COUNT, sh_degree=3, seed=2)
     out = tmp_path / "scene.sog"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spaceport import __version__
 from spaceport.compress.kmeans import kmeans, quantize_1d
 from spaceport.splat.ply import SH_REST_COUNTS, Gaussians
 from spaceport.workspace import SpaceportError, atomic_write_bytes
 
 SOG_VERSION = 2
-GENERATOR = "spaceport"
+GENERATOR = f"spaceport {__version__}"
 PALETTE_COLUMNS = 64  # centroids per row of shN_centroids.webp (fixed by the readers)
 MAX_PALETTE = 65536  # labels are 16-bit
 QUAT_TAG = 252  # alpha of quats.webp = 252 + index of the dropped (largest) component
@@ -66,7 +68,7 @@ class WebpOptions:
 
     method: int = 4
     quality: int = 50
-    threads: int = 4
+    threads: int = field(default_factory=lambda: min(7, os.cpu_count() or 1))  # 7 images at most
 
 
 # -- attribute packing ---------------------------------------------------------------------------
@@ -197,6 +199,8 @@ def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, see
     clusters = kmeans(vectors, palette, iterations, seed)
     values = quantize_1d(clusters.centroids)
     centroid_count = clusters.centroids.shape[0]
+    if centroid_count > MAX_PALETTE:
+        raise ValueError(f"SH palette of {centroid_count} entries does not fit 16-bit labels")
     # centroid i, coefficient j at texel (i * coefficients + j) of a 64 * coefficients wide image
     indices = values.labels.view(centroid_count, 3, coefficients).permute(0, 2, 1).cpu().numpy()
     rows = math.ceil(centroid_count / PALETTE_COLUMNS)

@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from spaceport.compress.plas import FeatureWeights, PlasSchedule, plas_sort, sorting_features
+from spaceport.compress.plas import (
+    FeatureWeights,
+    PlasSchedule,
+    neighbour_distance,
+    plas_sort,
+    sorting_features,
+)
 from spaceport.compress.sog import (
     MAX_PALETTE,
     WebpOptions,
@@ -108,20 +114,20 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
 
 def _order(splat: Gaussians, features: torch.Tensor, width: int, config: CompressConfig,
            progress: Progress) -> tuple[np.ndarray, float, float]:
-    from spaceport.compress.plas import neighbour_distance
-
+    """Texel order of the splats and the neighbour distance before (input order) and after."""
+    if config.sort == "plas":
+        schedule = PlasSchedule(iterations_per_radius=config.sort_iterations,
+                                radius_shrink=config.sort_radius_shrink)
+        with progress.task("sorting (PLAS)", total=None) as task:
+            result = plas_sort(features, width, config.seed, schedule,
+                               on_round=lambda done, total: task.update(completed=done, total=total))
+        return result.order.cpu().numpy(), result.distance_before, result.distance_after
     identity = torch.arange(len(splat), device=features.device)
     before = neighbour_distance(features, identity, width)
     if config.sort == "none":
         return identity.cpu().numpy(), before, before
-    if config.sort == "morton":
-        order = morton_order(splat.means)
-        return order, before, neighbour_distance(features, torch.as_tensor(order, device=features.device), width)
-    schedule = PlasSchedule(iterations_per_radius=config.sort_iterations, radius_shrink=config.sort_radius_shrink)
-    with progress.task("sorting (PLAS)", total=None) as task:
-        result = plas_sort(features, width, config.seed, schedule,
-                           on_round=lambda done, total: task.update(completed=done, total=total))
-    return result.order.cpu().numpy(), result.distance_before, result.distance_after
+    order = morton_order(splat.means)
+    return order, before, neighbour_distance(features, torch.as_tensor(order, device=features.device), width)
 
 
 def compress_ply(in_ply: str | Path, out_sog: str | Path, config: CompressConfig,
