@@ -151,17 +151,21 @@ def test_gradients_match_finite_differences(name):
 def test_custom_composite_backward_matches_autograd_twin():
     """Random blocks with skipped, clamped (0.999) and stopped (T <= 1e-4) rows."""
     generator = torch.Generator().manual_seed(11)
-    exponent = (torch.randn(6, 30, 16, generator=generator, dtype=DTYPE) * 2.5 - 1.0).requires_grad_(True)
+    basis = torch.cat([torch.ones(1, 16, dtype=DTYPE), torch.randn(5, 16, generator=generator, dtype=DTYPE)])
+    coefficients = torch.randn(6, 30, 6, generator=generator, dtype=DTYPE) * 0.8
+    coefficients[..., 0] -= 1.0
+    coefficients.requires_grad_(True)
     colors = torch.rand(6, 30, 3, generator=generator, dtype=DTYPE).requires_grad_(True)
     weights_colors = torch.randn(6, 16, 3, generator=generator, dtype=DTYPE)
     weights_log_t = torch.randn(6, 16, generator=generator, dtype=DTYPE)
-    alpha = torch.exp(exponent.detach())
+    alpha = torch.exp(coefficients.detach() @ basis)
     assert (alpha > 0.999).any() and (alpha < 1 / 255).any()
     results = []
     for function in (composite, composite_reference):
-        tile_colors, log_transmittance = function(exponent, colors)
+        tile_colors, log_transmittance = function(coefficients, basis, colors)
         loss = (tile_colors * weights_colors).sum() + (log_transmittance * weights_log_t).sum()
-        results.append((tile_colors, log_transmittance, *torch.autograd.grad(loss, [exponent, colors])))
+        results.append((tile_colors, log_transmittance, *torch.autograd.grad(loss, [coefficients, colors])))
+    assert (results[0][1] > math.log(1e-4)).all() and (results[0][1] < math.log(1e-3)).any(), "some pixels stop"
     for ours, twin in zip(*results, strict=True):
         torch.testing.assert_close(ours, twin, rtol=1e-10, atol=1e-12)
 

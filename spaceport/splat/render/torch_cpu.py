@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from spaceport.splat.render.composite import AbsGradTap, composite
+from spaceport.splat.render.composite import AbsGradTarget, composite
 from spaceport.splat.render.projection import ALPHA_THRESHOLD, Projection, camera_centers, project_gaussians
 from spaceport.splat.render.sh import sh_to_color
 from spaceport.splat.render.tiles import TileBlock, TileGrid, TileRows, intersect_tiles, plan_blocks
 
-DEFAULT_TILE_SIZE = 8
+TILE_SIZES = (4, 8, 16)  # candidates for tile_size=None; the cheapest for the frame's Gaussians is used
+ROW_OVERHEAD = 4  # cost of a row beyond its pixels, in pixel evaluations (fitted to CPU timings)
 DEFAULT_BLOCK_ELEMENTS = 1 << 22  # (row, pixel) pairs evaluated at once
 DEFAULT_CHECKPOINT_ELEMENTS = 1 << 26  # above this many pairs per frame, recompute blocks in backward
 PADDING_EXPONENT = -1e4  # exp() of it is 0: padding rows are transparent
@@ -41,19 +42,21 @@ def render_torch(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     absgrad: bool = False,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
     checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C images; same arguments, outputs and ``info`` as ``spaceport.splat.render.render``.
 
-    ``tile_size``, ``block_elements`` and ``checkpoint_elements`` trade speed for memory; they do not
-    change the result.
+    ``tile_size`` (None: chosen per frame from the Gaussians' screen sizes), ``block_elements`` and
+    ``checkpoint_elements`` trade speed for memory; they do not change the result.
     """
     n_cameras, n_gaussians = viewmats.shape[0], means.shape[0]
-    grid = TileGrid(width, height, tile_size, n_cameras)
     projection = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
                                    eps2d=eps2d, near_plane=near_plane, far_plane=far_plane)
+    if tile_size is None:
+        tile_size = cheapest_tile_size(projection)
+    grid = TileGrid(width, height, tile_size, n_cameras)
     point_colors = _point_colors(means, colors, viewmats, sh_degree)  # (C, N, D)
     if backgrounds is None:
         backgrounds = torch.zeros(n_cameras, point_colors.shape[-1], dtype=means.dtype, device=means.device)
@@ -81,6 +84,20 @@ def _point_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: in
     directions = means[None] - camera_centers(viewmats)[:, None]  # (C, N, 3)
     coefficients = colors.expand(n_cameras, *colors.shape[-3:])
     return torch.clamp_min(sh_to_color(sh_degree, directions, coefficients) + 0.5, 0.0)
+
+
+@torch.no_grad()
+def cheapest_tile_size(projection: Projection) -> int:
+    """The tile size in TILE_SIZES with the least estimated work: rows * (pixels per tile + ROW_OVERHEAD),
+    rows counted from the Gaussians' pixel boxes."""
+    visible = projection.visible
+    center = projection.means2d[visible].detach()
+    radius = projection.radii[visible].to(center.dtype)
+    costs = []
+    for size in TILE_SIZES:
+        span = torch.floor((center + radius) / size) - torch.floor((center - radius) / size) + 1
+        costs.append(float(span.prod(dim=-1).sum()) * (size * size + ROW_OVERHEAD))
+    return TILE_SIZES[costs.index(min(costs))]
 
 
 def _row_terms(projection: Projection, opacities: Tensor, point_colors: Tensor, rows: TileRows,
@@ -142,11 +159,10 @@ def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Te
 def _composite_block(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, row_gaussian: Tensor,
                      block: TileBlock, basis: Tensor, pixel_offsets: Tensor,
                      absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
-    exponent = row_exponent[block.rows] @ basis  # (T, K, P)
+    absgrad = None
     if absgrad_buffer is not None:
-        exponent = AbsGradTap.apply(exponent, row_geometry[block.rows], pixel_offsets,
-                                    row_gaussian[block.rows], absgrad_buffer)
-    return composite(exponent, row_colors[block.rows])
+        absgrad = AbsGradTarget(absgrad_buffer, row_gaussian[block.rows], row_geometry[block.rows], pixel_offsets)
+    return composite(row_exponent[block.rows], basis, row_colors[block.rows], absgrad)
 
 
 def _quadratic_basis(pixel_offsets: Tensor) -> Tensor:
