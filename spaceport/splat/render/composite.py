@@ -47,12 +47,14 @@ class _Composite(torch.autograd.Function):
         if clamped:
             alpha.clamp_max_(MAX_ALPHA)
         F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)  # alpha <= 1/255 contributes nothing
-        log_transmittance = torch.sub(1.0, alpha).log_().cumsum_(dim=1)  # after each row
+        log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1)  # after each row
         final_log_transmittance = log_transmittance[:, -1, :].clone()
         if bool(final_log_transmittance.min() <= LOG_TRANSMITTANCE_STOP):
-            stopped = log_transmittance <= LOG_TRANSMITTANCE_STOP
-            alpha.masked_fill_(stopped, 0.0)
-            final_log_transmittance = torch.log1p(-alpha).sum(dim=1)
+            kept = log_transmittance > LOG_TRANSMITTANCE_STOP  # a prefix of each pixel's rows
+            alpha.mul_(kept)
+            last_kept = (kept.sum(dim=1, keepdim=True) - 1).clamp_min_(0)
+            final_log_transmittance = torch.where(kept[:, :1, :], log_transmittance.gather(1, last_kept), 0.0)
+            final_log_transmittance = final_log_transmittance.squeeze(1)
         # Transmittance before row k: exp of the sum over rows < k, shifted in place.
         transmittance = log_transmittance.roll(1, dims=1)
         transmittance[:, 0, :] = 0.0
@@ -73,7 +75,7 @@ class _Composite(torch.autograd.Function):
         behind = torch.cumsum(contribution, dim=1).neg_().add_(contribution.sum(dim=1, keepdim=True))
         behind.add_(grad_log_transmittance[:, None, :])
         # d alpha / d exponent = alpha (unless clamped), so d/d exponent = w_k c_k - alpha_k / (1 - alpha_k) * ...
-        odds = torch.sub(1.0, alpha).reciprocal_().mul_(alpha)
+        odds = (1.0 - alpha).reciprocal_().mul_(alpha)
         grad_exponent = contribution.sub_(behind.mul_(odds))
         if ctx.clamped:
             grad_exponent.masked_fill_(alpha >= MAX_ALPHA, 0.0)

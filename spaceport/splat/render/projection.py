@@ -43,14 +43,14 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
 
 
-def quat_scale_to_covariance(quats: Tensor, scales: Tensor) -> Tensor:
-    """World-space covariance R S S R^T, (N, 3, 3), from quats (N, 4) and activated scales (N, 3)."""
-    scaled_axes = quat_to_rotmat(quats) * scales[..., None, :]
-    return scaled_axes @ scaled_axes.transpose(-1, -2)
+def _projected_axes(means_cam: Tensor, rotation: Tensor, quats: Tensor, scales: Tensor, Ks: Tensor,
+                    width: int, height: int) -> tuple[Tensor, Tensor]:
+    """The rows (C, N, 3) of J W R S, so that the 2D covariance J W (R S S R^T) W^T J^T is their Gram matrix.
 
-
-def _perspective_jacobian(means_cam: Tensor, Ks: Tensor, width: int, height: int) -> Tensor:
-    """(C, N, 2, 3) Jacobian of the pinhole projection, with x/z and y/z clamped as gsplat does."""
+    J is the pinhole Jacobian at the camera-space mean, with x/z and y/z clamped as gsplat does;
+    W the camera rotation; R S the Gaussian's rotation and scales. Written elementwise because J is sparse
+    and 3x3 batched products are slow on the CPU.
+    """
     x, y, z = means_cam.unbind(-1)
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
@@ -58,10 +58,13 @@ def _perspective_jacobian(means_cam: Tensor, Ks: Tensor, width: int, height: int
     margin_y = FOV_CLAMP_MARGIN * 0.5 * height / fy
     tx = z * torch.clamp(x / z, -(cx / fx + margin_x), (width - cx) / fx + margin_x)
     ty = z * torch.clamp(y / z, -(cy / fy + margin_y), (height - cy) / fy + margin_y)
-    zeros = torch.zeros_like(z)
-    row_x = torch.stack([fx / z, zeros, -fx * tx / (z * z)], dim=-1)
-    row_y = torch.stack([zeros, fy / z, -fy * ty / (z * z)], dim=-1)
-    return torch.stack([row_x, row_y], dim=-2)
+    axes_cam = torch.einsum("cij,njk->cnik", rotation, quat_to_rotmat(quats) * scales[:, None, :])  # W R S
+    row_x, row_y, row_z = axes_cam.unbind(-2)
+    # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]
+    inverse_z = (1.0 / z)[..., None]
+    axis_x = (fx[..., None] * inverse_z) * (row_x - (tx[..., None] * inverse_z) * row_z)
+    axis_y = (fy[..., None] * inverse_z) * (row_y - (ty[..., None] * inverse_z) * row_z)
+    return axis_x, axis_y
 
 
 def project_gaussians(
@@ -85,12 +88,10 @@ def project_gaussians(
     in_depth_range = (depth >= near_plane) & (depth <= far_plane)
     safe_means_cam = torch.where(in_depth_range[..., None], means_cam, torch.ones_like(means_cam))
 
-    covars_cam = rotation[:, None] @ quat_scale_to_covariance(quats, scales)[None] @ rotation[:, None].mT
-    jacobian = _perspective_jacobian(safe_means_cam, Ks, width, height)
-    covars2d = jacobian @ covars_cam @ jacobian.mT
-    cov_xx = covars2d[..., 0, 0] + eps2d
-    cov_xy = covars2d[..., 0, 1]
-    cov_yy = covars2d[..., 1, 1] + eps2d
+    axis_x, axis_y = _projected_axes(safe_means_cam, rotation, quats, scales, Ks, width, height)
+    cov_xx = (axis_x * axis_x).sum(dim=-1) + eps2d
+    cov_xy = (axis_x * axis_y).sum(dim=-1)
+    cov_yy = (axis_y * axis_y).sum(dim=-1) + eps2d
     determinant = cov_xx * cov_yy - cov_xy * cov_xy
 
     x, y, z = safe_means_cam.unbind(-1)

@@ -73,4 +73,4 @@ def sh_to_color(degree: int, directions: Tensor, coefficients: Tensor) -> Tensor
     if coefficients.shape[-2] < n_bases:
         raise ValueError(f"sh_degree {degree} needs {n_bases} coefficients, colors has {coefficients.shape[-2]}")
     basis = sh_basis(degree, F.normalize(directions, dim=-1))
-    return (basis[..., None] * coefficients[..., :n_bases, :]).sum(dim=-2)
+    return torch.matmul(basis[..., None, :], coefficients[..., :n_bases, :]).squeeze(-2)

@@ -159,10 +159,13 @@ def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Te
 def _composite_block(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, row_gaussian: Tensor,
                      block: TileBlock, basis: Tensor, pixel_offsets: Tensor,
                      absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
+    index = block.rows.flatten()
     absgrad = None
     if absgrad_buffer is not None:
-        absgrad = AbsGradTarget(absgrad_buffer, row_gaussian[block.rows], row_geometry[block.rows], pixel_offsets)
-    return composite(row_exponent[block.rows], basis, row_colors[block.rows], absgrad)
+        absgrad = AbsGradTarget(absgrad_buffer, row_gaussian.index_select(0, index),
+                                row_geometry.index_select(0, index).view(*block.rows.shape, -1), pixel_offsets)
+    return composite(row_exponent.index_select(0, index).view(*block.rows.shape, -1), basis,
+                     row_colors.index_select(0, index).view(*block.rows.shape, -1), absgrad)
 
 
 def _quadratic_basis(pixel_offsets: Tensor) -> Tensor:
