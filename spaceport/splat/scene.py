@@ -1,0 +1,222 @@
+"""Training views and initial points from an undistorted COLMAP model (read through pycolmap).
+
+Also ``write_synthetic_scene``: a known random Gaussian scene rendered from known cameras and written
+as images + a COLMAP model, so tests can train on data whose answer is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import torch
+from PIL import Image
+
+from spaceport.splat.model import SH_C0, render_gaussians
+from spaceport.splat.ply import Gaussians
+from spaceport.workspace import SpaceportError
+
+MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
+
+
+@dataclass
+class View:
+    """One photo with its pinhole intrinsics and world-to-camera pose."""
+
+    name: str
+    image: torch.Tensor  # (H, W, 3) uint8
+    K: torch.Tensor  # (3, 3) float32, for the (possibly downscaled) image
+    viewmat: torch.Tensor  # (4, 4) float32, world to camera (OpenCV axes: x right, y down, z forward)
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    def to(self, device: torch.device | str) -> View:
+        return View(self.name, self.image.to(device), self.K.to(device), self.viewmat.to(device))
+
+
+@dataclass
+class Scene:
+    train_views: list[View]
+    test_views: list[View]
+    points: np.ndarray  # (P, 3) float32 sparse SfM points
+    colors: np.ndarray  # (P, 3) float32 in [0, 1]
+    extent: float  # 1.1 x the largest distance of a camera centre from their mean (INRIA's normalisation)
+
+    def to(self, device: torch.device | str) -> Scene:
+        return Scene([v.to(device) for v in self.train_views], [v.to(device) for v in self.test_views],
+                     self.points, self.colors, self.extent)
+
+
+def check_model_dir(model_dir: Path, images_dir: Path) -> None:
+    """Raise SpaceportError naming what is missing from an undistorted COLMAP workspace."""
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise SpaceportError(
+            f"{model_dir}: missing {', '.join(missing)}; run the sfm stage first "
+            "(or upload a COLMAP model with undistorted PINHOLE cameras)"
+        )
+    if not images_dir.is_dir():
+        raise SpaceportError(f"{images_dir}: no such folder; the sfm stage writes the undistorted images here")
+
+
+def load_scene(
+    model_dir: str | Path,
+    images_dir: str | Path,
+    *,
+    max_width: int | None = None,
+    holdout_every: int = 8,
+    max_points: int | None = None,
+    seed: int = 0,
+) -> Scene:
+    """Load the registered images of a PINHOLE COLMAP model, downscaled to at most ``max_width`` px.
+
+    Images are sorted by name; every ``holdout_every``-th one (index 0, N, 2N, ...) becomes a test view.
+    """
+    model_dir, images_dir = Path(model_dir), Path(images_dir)
+    check_model_dir(model_dir, images_dir)
+    reconstruction = pycolmap.Reconstruction(str(model_dir))
+    images = sorted((im for im in reconstruction.images.values() if im.has_pose), key=lambda im: im.name)
+    if not images:
+        raise SpaceportError(f"{model_dir}: the COLMAP model has no registered images; re-run sfm")
+    views = [_load_view(image, images_dir, max_width) for image in images]
+    is_test = [holdout_every > 0 and i % holdout_every == 0 for i in range(len(views))]
+    train = [v for v, test in zip(views, is_test, strict=True) if not test]
+    test = [v for v, t in zip(views, is_test, strict=True) if t]
+    if not train:
+        raise SpaceportError(f"{model_dir}: only {len(views)} registered image(s), none left for training")
+    points, colors = _sparse_points(reconstruction, max_points, seed)
+    if len(points) == 0:
+        raise SpaceportError(f"{model_dir}: points3D.bin holds no points; re-run sfm")
+    return Scene(train, test, points, colors, camera_extent([v.viewmat for v in views]))
+
+
+def _load_view(image: pycolmap.Image, images_dir: Path, max_width: int | None) -> View:
+    camera = image.camera
+    if camera.model_name != "PINHOLE":
+        raise SpaceportError(
+            f"image {image.name}: camera model {camera.model_name}, expected PINHOLE; "
+            "train on the undistorted model (sfm/undistorted/sparse)"
+        )
+    path = images_dir / image.name
+    if not path.is_file():
+        raise SpaceportError(f"{path}: image of the COLMAP model is missing; re-run sfm's undistortion")
+    with Image.open(path) as photo:
+        photo = photo.convert("RGB")
+        if photo.size != (camera.width, camera.height):
+            raise SpaceportError(
+                f"{path}: is {photo.size[0]}x{photo.size[1]} px but its camera says "
+                f"{camera.width}x{camera.height}; the images do not belong to this model"
+            )
+        width, height = _target_size(camera.width, camera.height, max_width)
+        if (width, height) != photo.size:
+            photo = photo.resize((width, height), Image.Resampling.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(photo).copy())
+    fx, fy, cx, cy = camera.params
+    sx, sy = width / camera.width, height / camera.height
+    K = torch.tensor([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1]], dtype=torch.float32)
+    viewmat = torch.eye(4, dtype=torch.float32)
+    viewmat[:3] = torch.from_numpy(image.cam_from_world().matrix()).float()
+    return View(image.name, pixels, K, viewmat)
+
+
+def _target_size(width: int, height: int, max_width: int | None) -> tuple[int, int]:
+    if max_width is None or width <= max_width:
+        return width, height
+    return max_width, max(1, round(height * max_width / width))
+
+
+def _sparse_points(reconstruction: pycolmap.Reconstruction, max_points: int | None, seed: int):
+    points3d = list(reconstruction.points3D.values())
+    xyz = np.array([p.xyz for p in points3d], np.float32).reshape(-1, 3)
+    rgb = np.array([p.color for p in points3d], np.float32).reshape(-1, 3) / 255.0
+    if max_points is not None and len(xyz) > max_points:
+        keep = np.random.default_rng(seed).choice(len(xyz), max_points, replace=False)
+        xyz, rgb = xyz[keep], rgb[keep]
+    return xyz, rgb
+
+
+def camera_extent(viewmats: list[torch.Tensor]) -> float:
+    """1.1 x the radius of the camera centres around their mean (at least a small positive number)."""
+    centres = torch.stack([torch.linalg.inv(m.double())[:3, 3] for m in viewmats])
+    radius = (centres - centres.mean(0)).norm(dim=1).max().item()
+    return max(radius * 1.1, 1e-6)
+
+
+# -- synthetic scenes for tests ------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticScene:
+    gaussians: Gaussians  # the ground truth that rendered the images
+    model_dir: Path
+    images_dir: Path
+
+
+def look_at_viewmat(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World-to-camera 4x4 for a camera at ``eye`` looking at ``target`` (OpenCV: y down, z forward)."""
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right = right / np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+    viewmat = np.eye(4)
+    viewmat[:3, :3] = rotation
+    viewmat[:3, 3] = -rotation @ eye
+    return viewmat
+
+
+def write_synthetic_scene(
+    root: str | Path,
+    gaussians: Gaussians,
+    *,
+    num_views: int = 12,
+    width: int = 64,
+    height: int = 48,
+    radius: float = 4.0,
+    num_points: int = 300,
+    seed: int = 0,
+) -> SyntheticScene:
+    """Render ``gaussians`` (torch backend) from cameras on a ring around the origin and write them.
+
+    Writes ``root/images/view_NNN.png`` and a PINHOLE COLMAP model in ``root/sparse`` (through pycolmap)
+    whose points are noisy samples of the Gaussians' centres coloured by their DC colour, the layout
+    the sfm stage leaves in ``sfm/undistorted``.
+    """
+    root = Path(root)
+    images_dir, model_dir = root / "images", root / "sparse"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    focal = 0.9 * width
+    K = np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]])
+    reconstruction = pycolmap.Reconstruction()
+    camera = pycolmap.Camera.create_from_model_id(1, pycolmap.CameraModelId.PINHOLE, focal, width, height)
+    reconstruction.add_camera_with_trivial_rig(camera)
+    rng = np.random.default_rng(seed)
+    for index in range(num_views):
+        angle = 2 * np.pi * index / num_views
+        eye = np.array([radius * np.cos(angle), radius * np.sin(angle), 0.8 * np.sin(3 * angle)])
+        viewmat = look_at_viewmat(eye, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+        colors, _, _ = render_gaussians(gaussians, torch.from_numpy(viewmat).float()[None],
+                                        torch.from_numpy(K).float()[None], width, height, backend="torch")
+        pixels = (colors[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        name = f"view_{index:03d}.png"
+        Image.fromarray(pixels).save(images_dir / name)
+        image = pycolmap.Image(name=name, camera_id=1, image_id=index + 1)
+        reconstruction.add_image_with_trivial_frame(image, pycolmap.Rigid3d(viewmat[:3]))
+    picks = rng.choice(len(gaussians), min(num_points, len(gaussians)), replace=False)
+    for i in picks:
+        xyz = gaussians.means[i] + rng.normal(0, 0.02, 3)
+        rgb = np.clip(gaussians.sh0[i] * SH_C0 + 0.5, 0, 1)
+        reconstruction.add_point3D(xyz.astype(np.float64), pycolmap.Track(), (rgb * 255).astype(np.uint8))
+    reconstruction.write(str(model_dir))
+    return SyntheticScene(gaussians, model_dir, images_dir)
+

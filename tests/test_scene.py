@@ -1,0 +1,90 @@
+"""Scene loading from a real pycolmap SfM result and from a synthetic scene with known cameras."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pycolmap
+import pytest
+import torch
+
+from spaceport.splat.model import gaussians_from_points
+from spaceport.splat.ply import random_gaussians
+from spaceport.splat.scene import load_scene, write_synthetic_scene
+from spaceport.workspace import SpaceportError, Workspace
+
+
+def project(view, xyz: np.ndarray) -> np.ndarray:
+    camera_points = view.viewmat[:3, :3].double() @ torch.from_numpy(xyz).double().T + view.viewmat[:3, 3:].double()
+    pixels = view.K.double() @ camera_points
+    return (pixels[:2] / pixels[2]).T.numpy()
+
+
+def test_loads_real_sfm_result(sfm_workspace):
+    ws = Workspace(sfm_workspace)
+    model_dir, images_dir = ws.undistorted_dir / "sparse", ws.undistorted_dir / "images"
+    reconstruction = pycolmap.Reconstruction(str(model_dir))
+    scene = load_scene(model_dir, images_dir, max_width=200, holdout_every=4)
+
+    registered = sorted(im.name for im in reconstruction.images.values() if im.has_pose)
+    views = scene.train_views + scene.test_views
+    assert sorted(v.name for v in views) == registered
+    assert [v.name for v in scene.test_views] == registered[::4]
+    assert len(scene.points) == reconstruction.num_points3D()
+    assert scene.colors.min() >= 0 and scene.colors.max() <= 1
+    assert scene.extent > 0
+
+    for view in views:
+        image = reconstruction.find_image_with_name(view.name)
+        camera = image.camera
+        assert view.width == 200
+        assert view.height == round(camera.height * 200 / camera.width)
+        assert view.image.dtype == torch.uint8 and view.image.shape == (view.height, view.width, 3)
+        # our K and viewmat reproject every observed 3D point where pycolmap does (scaled to 200 px)
+        observed = [p for p in image.points2D if p.has_point3D()]
+        xyz = np.array([reconstruction.points3D[p.point3D_id].xyz for p in observed])
+        expected = np.array([camera.img_from_cam(image.cam_from_world() * x) for x in xyz])
+        expected *= [view.width / camera.width, view.height / camera.height]
+        np.testing.assert_allclose(project(view, xyz), expected, atol=1e-3)
+        # and the points land close to the features SIFT detected (sub-pixel SfM residuals, scaled)
+        detected = np.array([p.xy for p in observed]) * [view.width / camera.width, view.height / camera.height]
+        assert np.median(np.linalg.norm(project(view, xyz) - detected, axis=1)) < 1.0
+
+
+def test_missing_model_files_are_named(sfm_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(sfm_workspace, root)
+    ws = Workspace(root)
+    with pytest.raises(SpaceportError, match="no such folder"):
+        load_scene(ws.undistorted_dir / "sparse", tmp_path / "nowhere")
+    (ws.undistorted_dir / "sparse" / "points3D.bin").unlink()
+    with pytest.raises(SpaceportError, match="points3D.bin"):
+        load_scene(ws.undistorted_dir / "sparse", ws.undistorted_dir / "images")
+
+
+def test_initial_gaussians_take_colour_and_neighbour_scale():
+    spacing = 0.5
+    grid = np.stack(np.meshgrid(*[np.arange(6) * spacing] * 3, indexing="ij"), -1).reshape(-1, 3)
+    colors = np.random.default_rng(0).uniform(size=grid.shape).astype(np.float32)
+    gaussians = gaussians_from_points(grid, colors, sh_degree=2, opacity=0.2)
+    interior = np.all((grid > 0) & (grid < 5 * spacing), axis=1)  # 6 neighbours at `spacing`
+    np.testing.assert_allclose(np.exp(gaussians.scales[interior]), spacing, rtol=1e-5)
+    np.testing.assert_allclose(gaussians.sh0 * 0.28209479177387814 + 0.5, colors, atol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-gaussians.opacities)), 0.2, rtol=1e-5)
+    assert gaussians.shN.shape == (len(grid), 8, 3) and not gaussians.shN.any()
+
+
+def test_synthetic_scene_round_trips_through_colmap(tmp_path):
+    truth = random_gaussians(80, sh_degree=0, seed=1, extent=1.0)
+    synthetic = write_synthetic_scene(tmp_path, truth, num_views=6, width=40, height=30, num_points=50)
+    scene = load_scene(synthetic.model_dir, synthetic.images_dir, holdout_every=3)
+    assert [v.name for v in scene.test_views] == ["view_000.png", "view_003.png"]
+    assert len(scene.train_views) == 4 and len(scene.points) == 50
+    for view in scene.train_views + scene.test_views:
+        # every camera looks at the origin from 4 units away
+        centre = -view.viewmat[:3, :3].T @ view.viewmat[:3, 3]
+        assert torch.linalg.norm(centre[:2]).item() == pytest.approx(4.0, rel=1e-5)
+        origin_in_camera = view.viewmat[:3, 3]
+        assert origin_in_camera[:2].abs().max().item() < 1e-5 and origin_in_camera[2].item() > 0
+        assert view.image.shape == (30, 40, 3) and view.image.float().std() > 1  # not blank

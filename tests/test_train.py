@@ -1,0 +1,253 @@
+"""The train stage on the CPU (torch renderer): loss goes down on a synthetic scene with known cameras,
+both densification strategies run, checkpoints survive SIGKILL/SIGTERM and resume to the same end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spaceport.progress import NullProgress
+from spaceport.splat.config import TRAIN_PRESETS, TrainConfig, apply_preset
+from spaceport.splat.evaluate import evaluate_views, psnr, ssim
+from spaceport.splat.model import gaussians_from_points, params_from_gaussians
+from spaceport.splat.ply import Gaussians, read_ply
+from spaceport.splat.scene import load_scene, write_synthetic_scene
+from spaceport.splat.strategy_cpu import compute_relocation_torch, cpu_strategy_ops
+from spaceport.splat.train import run_train
+from spaceport.workspace import SpaceportError, Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ground_truth_scene(n: int = 40, seed: int = 0) -> Gaussians:
+    """Opaque, mid-sized, coloured blobs inside the unit cube: a scene whose images have structure."""
+    rng = np.random.default_rng(seed)
+    quats = rng.normal(size=(n, 4)).astype(np.float32)
+    return Gaussians(
+        means=rng.uniform(-1, 1, size=(n, 3)).astype(np.float32),
+        scales=rng.uniform(-1.8, -1.2, size=(n, 3)).astype(np.float32),
+        quats=quats / np.linalg.norm(quats, axis=1, keepdims=True),
+        opacities=rng.uniform(1, 4, size=n).astype(np.float32),
+        sh0=rng.normal(0, 1.2, size=(n, 3)).astype(np.float32),
+        shN=np.zeros((n, 0, 3), np.float32),
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic_ws")
+    write_synthetic_scene(Workspace(root).undistorted_dir, ground_truth_scene(), num_views=10, width=48,
+                          height=36, num_points=40)
+    return root
+
+
+@pytest.fixture
+def workspace(synthetic_source, tmp_path) -> Workspace:
+    root = tmp_path / "ws"
+    shutil.copytree(synthetic_source, root)
+    return Workspace(root)
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(
+        steps=120, backend="torch", device="cpu", sh_degree=1, sh_degree_interval=50, holdout_every=5,
+        refine_start=30, refine_every=20, refine_stop=100, reset_opacity_every=1000, cap_max=400,
+        checkpoint_every=40, log_every=10, num_renders=1, background="black",  # the truth is on black
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def read_metrics(ws: Workspace) -> list[dict]:
+    return [json.loads(line) for line in (ws.train_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_every_output(workspace):
+    result = run_train(workspace, small_config(), NullProgress())
+
+    losses = [m["loss"] for m in read_metrics(workspace) if "loss" in m]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
+    scene = load_scene(workspace.undistorted_dir / "sparse", workspace.undistorted_dir / "images",
+                       holdout_every=5)
+    initial = params_from_gaussians(
+        gaussians_from_points(scene.points, scene.colors, sh_degree=1, opacity=0.1), "cpu")
+    before = evaluate_views(initial, scene.test_views, sh_degree=1, background=torch.zeros(3), backend="torch")
+    assert result.metrics["psnr"] > before["psnr"] + 1.5, (before["psnr"], result.metrics["psnr"])
+
+    eval_json = json.loads((workspace.train_dir / "eval.json").read_text())
+    assert [v["name"] for v in eval_json["views"]] == ["view_000.png", "view_005.png"]
+    assert eval_json["psnr"] == pytest.approx(result.metrics["psnr"])
+    assert result.metrics["steps"] == 120 and result.metrics["backend"] == "torch"
+    assert result.metrics["num_gaussians"] == len(read_ply(workspace.splat_ply))
+    for name in ("splat", "eval", "metrics", "checkpoint"):
+        assert (workspace.root / result.outputs[name]).is_file(), name
+    assert [p.name for p in (workspace.train_dir / "renders").iterdir()] == ["view_000.png"]
+    # keep_checkpoints=2: only the newest two remain
+    checkpoints = sorted(p.name for p in (workspace.train_dir / "ckpt").glob("step_*.pt"))
+    assert checkpoints == ["step_000080.pt", "step_000120.pt"]
+
+
+def test_default_strategy_densifies_within_its_budget(workspace):
+    initial = 40
+    result = run_train(workspace, small_config(cap_max=60, grow_grad2d=1e-5), NullProgress())
+    counts = [m["num_gaussians"] for m in read_metrics(workspace) if "num_gaussians" in m]
+    assert max(counts) > initial  # it grew
+    assert max(counts) <= 60 and result.metrics["num_gaussians"] <= 60
+    assert result.metrics["strategy"] == "default"
+
+
+def test_mcmc_strategy_runs_on_cpu(workspace):
+    result = run_train(workspace, small_config(strategy="mcmc", cap_max=44), NullProgress())
+    counts = [m["num_gaussians"] for m in read_metrics(workspace) if "num_gaussians" in m]
+    assert counts[0] == 40 and result.metrics["num_gaussians"] == 44  # +5% per refine (40, 42, 44), capped
+    assert result.metrics["strategy"] == "mcmc" and math.isfinite(result.metrics["psnr"])
+
+
+def test_relocation_twin_keeps_the_composite_opacity():
+    from gsplat.strategy.mcmc import MCMCStrategy
+
+    binoms = MCMCStrategy().initialize_state()["binoms"]
+    opacities = torch.tensor([0.3, 0.9, 0.05, 0.6])
+    scales = torch.rand(4, 3)
+    ratios = torch.tensor([1, 2, 3, 7])
+    new_opacities, new_scales = compute_relocation_torch(opacities, scales, ratios, binoms)
+    # n copies of the new opacity composite to the old one
+    np.testing.assert_allclose(1 - (1 - new_opacities) ** ratios, opacities, rtol=1e-5)
+    # a Gaussian sampled once is unchanged
+    assert new_scales[0].tolist() == pytest.approx(scales[0].tolist())
+    # the scale factor is Equation 9 of the MCMC paper, summed term by term
+    for i, n in enumerate(ratios.tolist()):
+        o_new = float(new_opacities[i])
+        denominator = sum(math.comb(j - 1, k) * (-1) ** k / math.sqrt(k + 1) * o_new ** (k + 1)
+                          for j in range(1, n + 1) for k in range(j))
+        np.testing.assert_allclose(new_scales[i], float(opacities[i]) / denominator * scales[i], rtol=1e-5)
+
+
+def test_cpu_strategy_ops_are_restored():
+    import gsplat.strategy.ops as ops
+
+    original = ops.compute_relocation
+    with cpu_strategy_ops():
+        assert ops.compute_relocation is not original
+    assert ops.compute_relocation is original
+
+
+def test_ssim_and_psnr_behave():
+    torch.manual_seed(0)
+    image = torch.rand(1, 32, 32, 3)
+    assert ssim(image, image).item() == pytest.approx(1.0, abs=1e-5)
+    noisy = (image + 0.1 * torch.randn_like(image)).clamp(0, 1)
+    assert ssim(image, noisy).item() < 0.95
+    assert psnr(image[0], noisy[0]).item() == pytest.approx(
+        -10 * math.log10(((image - noisy) ** 2).mean().item()), rel=1e-5)
+    blurred = noisy.clone().requires_grad_(True)
+    (1 - ssim(image, blurred)).backward()
+    assert blurred.grad.abs().sum() > 0
+
+
+def test_missing_sfm_output_is_reported(tmp_path):
+    with pytest.raises(SpaceportError, match="cameras.bin"):
+        run_train(Workspace(tmp_path), small_config(), NullProgress())
+
+
+def test_presets_validate_and_preview_is_cpu_sized():
+    for name in TRAIN_PRESETS:
+        apply_preset(name)
+    preview = apply_preset("preview")
+    assert preview.max_image_width <= 320 and preview.steps <= 5000 and preview.cap_max <= 100_000
+    assert apply_preset("standard").steps == 30_000 and apply_preset("standard").max_image_width is None
+    with pytest.raises(SpaceportError, match="unknown train preset"):
+        apply_preset("huge")
+
+
+# -- checkpoints and resume --------------------------------------------------------------------------
+
+TRAIN_SCRIPT = """
+import json, sys
+from spaceport.progress import NullProgress
+from spaceport.splat.train import TrainConfig, run_train
+from spaceport.workspace import Workspace
+result = run_train(Workspace(sys.argv[1]), TrainConfig.model_validate_json(sys.argv[2]), NullProgress())
+print(json.dumps(result.metrics))
+"""
+
+
+def start_training_process(ws: Workspace, config: TrainConfig) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(ws.root), config.model_dump_json()],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out waiting for the training subprocess")
+        time.sleep(0.02)
+
+
+def checkpoint_steps(ws: Workspace) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (ws.train_dir / "ckpt").glob("step_*.pt"))
+
+
+def test_resumes_after_sigkill(workspace):
+    config = small_config(steps=100, checkpoint_every=20, keep_checkpoints=3, cap_max=60)
+    process = start_training_process(workspace, config)
+    wait_for(lambda: (workspace.train_dir / "ckpt").is_dir() and checkpoint_steps(workspace), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    saved = checkpoint_steps(workspace)
+    assert saved and saved[-1] < 100, "the run must have been killed before it finished"
+
+    result = run_train(workspace, config, NullProgress())
+    assert result.metrics["resumed_from_step"] == saved[-1]
+    assert result.metrics["steps"] == 100
+    steps_logged = [m["step"] for m in read_metrics(workspace) if "loss" in m]
+    assert steps_logged == list(range(10, 101, 10))  # lines after the checkpoint were not duplicated
+
+
+def test_sigterm_checkpoints_the_current_step_and_resumes(workspace):
+    config = small_config(steps=100, checkpoint_every=100_000, log_every=5, cap_max=60)
+    process = start_training_process(workspace, config)
+    wait_for(lambda: (workspace.train_dir / "metrics.jsonl").exists(), process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and b"stopped by signal" in stderr
+    saved = checkpoint_steps(workspace)
+    assert len(saved) == 1 and 0 < saved[0] < 100
+
+    result = run_train(workspace, config, NullProgress())
+    assert result.metrics["resumed_from_step"] == saved[0]
+    assert result.metrics["steps"] == 100
+
+
+def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path):
+    """On the CPU the loop is deterministic: stopping at a checkpoint and resuming gives the same splat
+    (MCMC: its relocation and noise draw from the restored RNG)."""
+    twin = Workspace(tmp_path / "twin")
+    shutil.copytree(workspace.root, twin.root)
+    config = small_config(strategy="mcmc", steps=80, checkpoint_every=40, keep_checkpoints=5, cap_max=44)
+    run_train(workspace, config, NullProgress())
+
+    run_train(twin, config, NullProgress())
+    for path in (twin.train_dir / "ckpt").glob("step_*.pt"):  # pretend it died right after step 50
+        if path.name != "step_000040.pt":
+            path.unlink()
+    result = run_train(twin, config, NullProgress())
+    assert result.metrics["resumed_from_step"] == 40
+    assert workspace.splat_ply.read_bytes() == twin.splat_ply.read_bytes()
