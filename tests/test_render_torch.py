@@ -111,6 +111,43 @@ def test_opaque_stack_stops_at_transmittance_1e_4_and_clamps_alpha():
     torch.testing.assert_close(alpha[0, 0, 0, 0], torch.tensor(0.999, dtype=DTYPE))
 
 
+def brute_force_render(scene: dict[str, torch.Tensor], width: int, height: int):
+    """Every visible Gaussian at every pixel, composited one by one front to back with gsplat's rules.
+    Returns the image, the alpha and which pixels stopped (transmittance would have reached 1e-4)."""
+    projection = project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+                                   scene["viewmats"], scene["Ks"], width, height)
+    order = [i for i in torch.argsort(projection.depths[0]).tolist() if projection.visible[0, i]]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=DTYPE) + 0.5, torch.arange(width, dtype=DTYPE) + 0.5,
+                            indexing="ij")
+    image, transmittance = torch.zeros(height, width, 3, dtype=DTYPE), torch.ones(height, width, dtype=DTYPE)
+    done = torch.zeros(height, width, dtype=torch.bool)
+    for i in order:
+        (mean_x, mean_y), (conic_xx, conic_xy, conic_yy) = projection.means2d[0, i], projection.conics[0, i]
+        dx, dy = mean_x - xs, mean_y - ys
+        sigma = 0.5 * (conic_xx * dx * dx + conic_yy * dy * dy) + conic_xy * dx * dy
+        alpha = torch.clamp_max(scene["opacities"][i] * torch.exp(-sigma), 0.999)
+        counts = ~done & (sigma >= 0) & (alpha >= 1 / 255)
+        next_transmittance = transmittance * (1 - alpha)
+        done |= counts & (next_transmittance <= 1e-4)
+        counts &= ~done
+        image += torch.where(counts[..., None], (alpha * transmittance)[..., None] * scene["colors"][i], 0.0)
+        transmittance = torch.where(counts, next_transmittance, transmittance)
+    return image, 1 - transmittance, done
+
+
+def test_dense_overlapping_scene_matches_brute_force_compositing():
+    """Hundreds of large, mostly opaque Gaussians: tiles hold more rows than a slab and many pixels stop."""
+    scene = random_scene(300, seed=21, sh_degree=None)
+    scene["scales"] = scene["scales"] * 2.5
+    scene["opacities"] = 0.5 + 0.5 * scene["opacities"]
+    image, alpha, info = render_scene(scene)
+    expected_image, expected_alpha, stopped = brute_force_render(scene, 32, 24)
+    assert 0.2 < stopped.float().mean() < 0.9, "many pixels, not all, must reach the stop"
+    assert info["tiles_per_gauss"].sum() / info["tile_width"] / info["tile_height"] > 64, "tiles span slabs"
+    torch.testing.assert_close(image[0], expected_image, rtol=0, atol=1e-12)
+    torch.testing.assert_close(alpha[0, ..., 0], expected_alpha, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- gradients
 
 
@@ -148,26 +185,58 @@ def test_gradients_match_finite_differences(name):
         assert analytic == pytest.approx(numeric_derivative(direction), rel=1e-5, abs=1e-7)
 
 
-def test_custom_composite_backward_matches_autograd_twin():
-    """Random blocks with skipped, clamped (0.999) and stopped (T <= 1e-4) rows."""
-    generator = torch.Generator().manual_seed(11)
+def _random_slab(generator: torch.Generator, rows: int = 30):
     basis = torch.cat([torch.ones(1, 16, dtype=DTYPE), torch.randn(5, 16, generator=generator, dtype=DTYPE)])
-    coefficients = torch.randn(6, 30, 6, generator=generator, dtype=DTYPE) * 0.8
-    coefficients[..., 0] -= 1.0
-    coefficients.requires_grad_(True)
-    colors = torch.rand(6, 30, 3, generator=generator, dtype=DTYPE).requires_grad_(True)
+    coefficients = torch.randn(6, rows, 6, generator=generator, dtype=DTYPE) * 0.8
+    coefficients[..., 0] -= 2.5
+    coefficients[1, :, 0] += 4.5  # an opaque tile, whose pixels all stop
+    colors = torch.rand(6, rows, 3, generator=generator, dtype=DTYPE)
+    return coefficients.requires_grad_(True), basis, colors.requires_grad_(True)
+
+
+def test_custom_composite_backward_matches_autograd_twin():
+    """Random slabs with skipped, clamped (0.999) and stopping rows, behind pixels that are clear, partly
+    covered, or already stopped."""
+    generator = torch.Generator().manual_seed(11)
+    coefficients, basis, colors = _random_slab(generator)
+    log_transmittance_in = torch.cat([torch.zeros(2, 16, dtype=DTYPE), -5 * torch.rand(3, 16, dtype=DTYPE,
+                                      generator=generator), torch.full((1, 16), -9.0, dtype=DTYPE)])
+    log_transmittance_in.requires_grad_(True)
+    stopped_in = torch.zeros(6, 16, dtype=torch.bool)
+    stopped_in[5] = True
     weights_colors = torch.randn(6, 16, 3, generator=generator, dtype=DTYPE)
     weights_log_t = torch.randn(6, 16, generator=generator, dtype=DTYPE)
     alpha = torch.exp(coefficients.detach() @ basis)
     assert (alpha > 0.999).any() and (alpha < 1 / 255).any()
     results = []
     for function in (composite, composite_reference):
-        tile_colors, log_transmittance = function(coefficients, basis, colors)
+        tile_colors, log_transmittance, stopped = function(coefficients, basis, colors, log_transmittance_in,
+                                                           stopped_in)
         loss = (tile_colors * weights_colors).sum() + (log_transmittance * weights_log_t).sum()
-        results.append((tile_colors, log_transmittance, *torch.autograd.grad(loss, [coefficients, colors])))
-    assert (results[0][1] > math.log(1e-4)).all() and (results[0][1] < math.log(1e-3)).any(), "some pixels stop"
+        results.append((tile_colors, log_transmittance, stopped,
+                        *torch.autograd.grad(loss, [coefficients, colors, log_transmittance_in])))
+    assert results[0][2][1].all() and not results[0][2][:5].all(), "tile 1 stops, some other pixels do not"
+    assert (results[0][0][5] == 0).all() and (results[0][1][5] == -9.0).all(), "stopped pixels stay put"
     for ours, twin in zip(*results, strict=True):
         torch.testing.assert_close(ours, twin, rtol=1e-10, atol=1e-12)
+
+
+def test_two_slabs_composite_like_one():
+    """The carried log-transmittance and stop flags make slabs of rows 0-11 then 12-29 equal rows 0-29."""
+    coefficients, basis, colors = _random_slab(torch.Generator().manual_seed(4))
+    zeros, clear = torch.zeros(6, 16, dtype=DTYPE), torch.zeros(6, 16, dtype=torch.bool)
+    whole = composite(coefficients, basis, colors, zeros, clear)
+    front = composite(coefficients[:, :12], basis, colors[:, :12], zeros, clear)
+    back = composite(coefficients[:, 12:], basis, colors[:, 12:], front[1], front[2])
+    assert front[2].any() and not front[2].all() and whole[2].sum() > front[2].sum()
+    torch.testing.assert_close(front[0] + back[0], whole[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(back[1], whole[1], rtol=1e-12, atol=1e-14)
+    assert torch.equal(back[2], whole[2])
+    weights = torch.randn(6, 16, 3, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    split = torch.autograd.grad(((front[0] + back[0]) * weights).sum() + back[1].sum(), [coefficients, colors])
+    joint = torch.autograd.grad((whole[0] * weights).sum() + whole[1].sum(), [coefficients, colors])
+    for ours, reference in zip(split, joint, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
 
 
 def test_tile_size_and_block_size_do_not_change_image_or_gradients():
@@ -175,10 +244,10 @@ def test_tile_size_and_block_size_do_not_change_image_or_gradients():
     params = {k: scene[k].clone().requires_grad_(True) for k in ("means", "scales", "opacities", "colors")}
     weights = torch.randn(1, 24, 32, 3, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
     results = []
-    for tile_size, block_elements, checkpoint_elements in [(8, 1 << 22, 1 << 26), (4, 64, 1 << 26),
-                                                           (16, 512, 1000)]:
+    for tile_size, block_elements, checkpoint_elements, slab_rows in [(8, 1 << 22, 1 << 26, 32),
+                                                                      (4, 64, 1 << 26, 3), (16, 512, 1000, 1)]:
         args = [{**scene, **params}[k] for k in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")]
-        image, alpha, _ = render_torch(*args, 32, 24, sh_degree=1, tile_size=tile_size,
+        image, alpha, _ = render_torch(*args, 32, 24, sh_degree=1, tile_size=tile_size, slab_rows=slab_rows,
                                        block_elements=block_elements, checkpoint_elements=checkpoint_elements)
         gradients = torch.autograd.grad((image * weights).sum() + alpha.sum(), list(params.values()))
         results.append([image, alpha, *gradients])

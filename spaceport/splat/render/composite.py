@@ -1,11 +1,12 @@
-"""Front-to-back alpha compositing of dense tile blocks, with gsplat 1.5.3's rules.
+"""Front-to-back alpha compositing of dense slabs of tile rows, with gsplat 1.5.3's rules.
 
-A block holds T tiles of P pixels and K depth-sorted rows per tile (a row: one Gaussian in one tile;
-padding rows are transparent). Per row, ``coefficients`` (T, K, 6) give the exponent
-log(opacity) - sigma at pixel offset (u, v) from the tile centre as c . (1, u, v, u^2, uv, v^2), so that
-one matrix product with the (6, P) ``basis`` evaluates it at every pixel. Per pixel:
-alpha = min(0.999, exp(exponent)); rows with alpha < 1/255 are skipped; the pixel stops before the row
-that would take its transmittance T to <= 1e-4; colour = sum of alpha * T * colour of the row.
+A slab holds T tiles of P pixels and the next K depth-sorted rows of each tile (a row: one Gaussian in
+one tile; padding rows are transparent), behind the log-transmittance that earlier slabs left. Per row,
+``coefficients`` (T, K, 6) give the exponent log(opacity) - sigma at pixel offset (u, v) from the tile
+centre as c . (1, u, v, u^2, uv, v^2), so that one matrix product with the (6, P) ``basis`` evaluates it
+at every pixel. Per pixel: alpha = min(0.999, exp(exponent)); rows with alpha < 1/255 are skipped; the
+pixel stops before the row that would take its transmittance T to <= 1e-4; colour = sum of
+alpha * T * colour of the row.
 
 ``composite`` is a custom autograd Function with the closed-form gradient, in about half the memory
 passes that autograd needs through the forward's ops. ``composite_reference`` is the same forward left
@@ -40,41 +41,44 @@ class AbsGradTarget:
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, coefficients: Tensor, basis: Tensor, colors: Tensor,
-                absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor]:
+    def forward(ctx, coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
+                stopped_in: Tensor, absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor, Tensor]:
         alpha = torch.matmul(coefficients, basis).exp_()
         clamped = bool(alpha.max() > MAX_ALPHA) if alpha.numel() else False
         if clamped:
             alpha.clamp_max_(MAX_ALPHA)
         F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)  # alpha <= 1/255 contributes nothing
-        log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1)  # after each row
-        final_log_transmittance = log_transmittance[:, -1, :].clone()
-        if bool(final_log_transmittance.min() <= LOG_TRANSMITTANCE_STOP):
-            kept = log_transmittance > LOG_TRANSMITTANCE_STOP  # a prefix of each pixel's rows
+        log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1).add_(log_transmittance_in[:, None, :])
+        stopped_out = stopped_in | (log_transmittance[:, -1, :] <= LOG_TRANSMITTANCE_STOP)
+        if bool(stopped_out.any()):
+            kept = (log_transmittance > LOG_TRANSMITTANCE_STOP).logical_and_(~stopped_in[:, None, :])  # prefixes
             alpha.mul_(kept)
             last_kept = (kept.sum(dim=1, keepdim=True) - 1).clamp_min_(0)
-            final_log_transmittance = torch.where(kept[:, :1, :], log_transmittance.gather(1, last_kept), 0.0)
-            final_log_transmittance = final_log_transmittance.squeeze(1)
-        # Transmittance before row k: exp of the sum over rows < k, shifted in place.
+            log_transmittance_out = torch.where(kept[:, 0, :], log_transmittance.gather(1, last_kept).squeeze(1),
+                                                log_transmittance_in)
+        else:
+            log_transmittance_out = log_transmittance[:, -1, :].clone()
+        # Transmittance before each row: shift by one row; the slab's first row sees what came in.
         transmittance = log_transmittance.roll(1, dims=1)
-        transmittance[:, 0, :] = 0.0
+        transmittance[:, 0, :] = log_transmittance_in
         weights = transmittance.exp_().mul_(alpha)
         tile_colors = torch.matmul(weights.transpose(1, 2), colors)  # (T, P, D)
         ctx.save_for_backward(alpha, weights, basis, colors)
         ctx.clamped, ctx.absgrad = clamped, absgrad
-        return tile_colors, final_log_transmittance
+        ctx.mark_non_differentiable(stopped_out)
+        return tile_colors, log_transmittance_out, stopped_out
 
     @staticmethod
-    def backward(ctx, grad_colors: Tensor, grad_log_transmittance: Tensor):
+    def backward(ctx, grad_colors: Tensor, grad_log_transmittance_out: Tensor, _grad_stopped: None):
         alpha, weights, basis, colors = ctx.saved_tensors
         grad_row_colors = torch.matmul(weights, grad_colors)  # (T, K, D)
         # d loss / d weight of each row at each pixel, times the weight
         contribution = torch.matmul(colors, grad_colors.transpose(1, 2)).mul_(weights)
-        # Sum over the rows behind each row; with the loss's dependence on log T_final, every row's alpha
-        # acts on them through (1 - alpha):  d/d alpha_k = c_k T_k - (behind_k + dL/dlogT) / (1 - alpha_k).
-        behind = torch.cumsum(contribution, dim=1).neg_().add_(contribution.sum(dim=1, keepdim=True))
-        behind.add_(grad_log_transmittance[:, None, :])
-        # d alpha / d exponent = alpha (unless clamped), so d/d exponent = w_k c_k - alpha_k / (1 - alpha_k) * ...
+        in_total = contribution.sum(dim=1)
+        # Every row's alpha scales the rows behind it and the outgoing transmittance by (1 - alpha):
+        # d/d alpha_k = c_k T_k - (sum of contributions behind k + dL/dlogT_out) / (1 - alpha_k).
+        behind = torch.cumsum(contribution, dim=1).neg_().add_((in_total + grad_log_transmittance_out)[:, None, :])
+        # d alpha / d exponent = alpha (unless clamped), so d/d exponent = w_k c_k - alpha_k/(1 - alpha_k) * ...
         odds = (1.0 - alpha).reciprocal_().mul_(alpha)
         grad_exponent = contribution.sub_(behind.mul_(odds))
         if ctx.clamped:
@@ -82,7 +86,9 @@ class _Composite(torch.autograd.Function):
         if ctx.absgrad is not None:
             _accumulate_absgrad(grad_exponent, ctx.absgrad)
         grad_coefficients = torch.matmul(grad_exponent, basis.T)
-        return grad_coefficients, None, grad_row_colors, None
+        # All weights and the outgoing log-transmittance shift one to one with the incoming one.
+        grad_log_transmittance_in = in_total.add_(grad_log_transmittance_out)
+        return grad_coefficients, None, grad_row_colors, grad_log_transmittance_in, None, None
 
 
 def _accumulate_absgrad(grad_exponent: Tensor, target: AbsGradTarget) -> None:
@@ -96,19 +102,27 @@ def _accumulate_absgrad(grad_exponent: Tensor, target: AbsGradTarget) -> None:
     target.buffer.index_add_(0, target.gaussian.reshape(-1), absgrad.to(target.buffer.dtype))
 
 
-def composite(coefficients: Tensor, basis: Tensor, colors: Tensor,
-              absgrad: AbsGradTarget | None = None) -> tuple[Tensor, Tensor]:
-    """(T, P, D) premultiplied colours and (T, P) final log-transmittance of a block of tiles."""
-    return _Composite.apply(coefficients, basis, colors, absgrad)
+def composite(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
+              stopped_in: Tensor, absgrad: AbsGradTarget | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite a slab of rows behind pixels with log-transmittance ``log_transmittance_in`` (T, P), of
+    which ``stopped_in`` (T, P) have stopped (no later row counts, as in gsplat's loop ``break``).
+
+    Returns the slab's (T, P, D) premultiplied colour, the (T, P) log-transmittance after its last counted
+    row, and which pixels have stopped by the end of the slab.
+    """
+    return _Composite.apply(coefficients, basis, colors, log_transmittance_in, stopped_in, absgrad)
 
 
-def composite_reference(coefficients: Tensor, basis: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
+def composite_reference(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
+                        stopped_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``composite`` written as plain differentiable torch ops (slower; the twin for tests)."""
     alpha = torch.clamp_max(torch.exp(coefficients @ basis), MAX_ALPHA)
     alpha = torch.where(alpha.detach() > ALPHA_THRESHOLD, alpha, 0.0)
     log_survival = torch.log1p(-alpha)
-    after = torch.cumsum(log_survival, dim=1)
-    kept = (after > LOG_TRANSMITTANCE_STOP).detach()
+    after = torch.cumsum(log_survival, dim=1) + log_transmittance_in[:, None, :]
+    kept = ((after > LOG_TRANSMITTANCE_STOP) & ~stopped_in[:, None, :]).detach()
     alpha = torch.where(kept, alpha, 0.0)
     weights = alpha * torch.exp(after - log_survival)
-    return weights.transpose(1, 2) @ colors, torch.where(kept, log_survival, 0.0).sum(dim=1)
+    log_transmittance_out = log_transmittance_in + torch.where(kept, log_survival, 0.0).sum(dim=1)
+    stopped_out = stopped_in | (after[:, -1, :] <= LOG_TRANSMITTANCE_STOP).detach()
+    return weights.transpose(1, 2) @ colors, log_transmittance_out, stopped_out

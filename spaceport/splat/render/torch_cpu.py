@@ -16,10 +16,11 @@ from torch.utils.checkpoint import checkpoint
 from spaceport.splat.render.composite import AbsGradTarget, composite
 from spaceport.splat.render.projection import ALPHA_THRESHOLD, Projection, camera_centers, project_gaussians
 from spaceport.splat.render.sh import sh_to_color
-from spaceport.splat.render.tiles import TileBlock, TileGrid, TileRows, intersect_tiles, plan_blocks
+from spaceport.splat.render.tiles import TileGrid, TileRows, intersect_tiles, plan_blocks
 
 TILE_SIZES = (4, 8, 16)  # candidates for tile_size=None; the cheapest for the frame's Gaussians is used
 ROW_OVERHEAD = 4  # cost of a row beyond its pixels, in pixel evaluations (fitted to CPU timings)
+DEFAULT_SLAB_ROWS = 32  # rows composited at once per tile; tiles whose pixels all stopped drop out between slabs
 DEFAULT_BLOCK_ELEMENTS = 1 << 22  # (row, pixel) pairs evaluated at once
 DEFAULT_CHECKPOINT_ELEMENTS = 1 << 26  # above this many pairs per frame, recompute blocks in backward
 PADDING_EXPONENT = -1e4  # exp() of it is 0: padding rows are transparent
@@ -45,11 +46,12 @@ def render_torch(
     tile_size: int | None = None,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
     checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS,
+    slab_rows: int = DEFAULT_SLAB_ROWS,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C images; same arguments, outputs and ``info`` as ``spaceport.splat.render.render``.
 
-    ``tile_size`` (None: chosen per frame from the Gaussians' screen sizes), ``block_elements`` and
-    ``checkpoint_elements`` trade speed for memory; they do not change the result.
+    ``tile_size`` (None: chosen per frame from the Gaussians' screen sizes), ``block_elements``,
+    ``checkpoint_elements`` and ``slab_rows`` trade speed for memory; they do not change the result.
     """
     n_cameras, n_gaussians = viewmats.shape[0], means.shape[0]
     projection = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
@@ -67,7 +69,7 @@ def render_torch(
     row_exponent, row_colors, row_geometry = _row_terms(projection, camera_opacities, point_colors, rows, grid)
     absgrad_buffer = torch.zeros_like(projection.means2d) if absgrad else None
     tile_colors, tile_log_transmittance = _composite_blocks(
-        row_exponent, row_colors, row_geometry, rows, grid, block_elements, checkpoint_elements,
+        row_exponent, row_colors, row_geometry, rows, grid, block_elements, checkpoint_elements, slab_rows,
         absgrad_buffer.view(-1, 2) if absgrad else None,
     )
     render_colors, render_alphas = _tiles_to_images(tile_colors, tile_log_transmittance, backgrounds, grid)
@@ -128,7 +130,7 @@ def _row_terms(projection: Projection, opacities: Tensor, point_colors: Tensor, 
 
 
 def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, rows: TileRows,
-                      grid: TileGrid, block_elements: int, checkpoint_elements: int,
+                      grid: TileGrid, block_elements: int, checkpoint_elements: int, slab_rows: int,
                       absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
     """(n_tiles, P, D) premultiplied colours and (n_tiles, P) log-transmittance of every tile."""
     dtype, device = row_exponent.dtype, row_exponent.device
@@ -140,7 +142,7 @@ def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Te
     row_gaussian = torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)])
     tile_colors, tile_log_transmittance = [], []
     for block in blocks:
-        args = (row_exponent, row_colors, row_geometry, row_gaussian, block, basis, pixel_offsets,
+        args = (row_exponent, row_colors, row_geometry, row_gaussian, block.rows, basis, pixel_offsets, slab_rows,
                 absgrad_buffer)
         colors, log_transmittance = (checkpoint(_composite_block, *args, use_reentrant=False)
                                      if use_checkpoint else _composite_block(*args))
@@ -157,15 +159,32 @@ def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Te
 
 
 def _composite_block(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, row_gaussian: Tensor,
-                     block: TileBlock, basis: Tensor, pixel_offsets: Tensor,
+                     block_rows: Tensor, basis: Tensor, pixel_offsets: Tensor, slab_rows: int,
                      absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
-    index = block.rows.flatten()
-    absgrad = None
-    if absgrad_buffer is not None:
-        absgrad = AbsGradTarget(absgrad_buffer, row_gaussian.index_select(0, index),
-                                row_geometry.index_select(0, index).view(*block.rows.shape, -1), pixel_offsets)
-    return composite(row_exponent.index_select(0, index).view(*block.rows.shape, -1), basis,
-                     row_colors.index_select(0, index).view(*block.rows.shape, -1), absgrad)
+    """Composite the (T, K) rows of a block, ``slab_rows`` at a time, leaving out tiles whose every pixel
+    has stopped (transmittance <= 1e-4) -> (T, P, D) colours and (T, P) log-transmittance."""
+    n_tiles, n_rows = block_rows.shape
+    colors = row_colors.new_zeros(n_tiles, basis.shape[1], row_colors.shape[1])
+    log_transmittance = row_exponent.new_zeros(n_tiles, basis.shape[1])
+    stopped = torch.zeros(n_tiles, basis.shape[1], dtype=torch.bool, device=block_rows.device)
+    active = torch.arange(n_tiles, device=block_rows.device)
+    for first in range(0, n_rows, slab_rows):
+        slab = block_rows.index_select(0, active)[:, first:first + slab_rows]
+        index, shape = slab.flatten(), (*slab.shape, -1)
+        absgrad = None
+        if absgrad_buffer is not None:
+            absgrad = AbsGradTarget(absgrad_buffer, row_gaussian.index_select(0, index),
+                                    row_geometry.index_select(0, index).view(shape), pixel_offsets)
+        slab_colors, slab_log_transmittance, slab_stopped = composite(
+            row_exponent.index_select(0, index).view(shape), basis, row_colors.index_select(0, index).view(shape),
+            log_transmittance.index_select(0, active), stopped.index_select(0, active), absgrad)
+        colors = colors.index_add(0, active, slab_colors)
+        log_transmittance = log_transmittance.index_copy(0, active, slab_log_transmittance)
+        stopped.index_copy_(0, active, slab_stopped)
+        active = active[~slab_stopped.all(dim=1)]
+        if active.numel() == 0:
+            break
+    return colors, log_transmittance
 
 
 def _quadratic_basis(pixel_offsets: Tensor) -> Tensor:
