@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spaceport.splat.render import render, resolve_backend
-from spaceport.splat.render.composite import composite, composite_reference
+from spaceport.splat.render.composite import composite_block, composite_reference, composite_slab
 from spaceport.splat.render.projection import project_gaussians
 from spaceport.splat.render.sh import sh_basis
 from spaceport.splat.render.torch_cpu import render_torch
@@ -209,7 +209,7 @@ def test_custom_composite_backward_matches_autograd_twin():
     alpha = torch.exp(coefficients.detach() @ basis)
     assert (alpha > 0.999).any() and (alpha < 1 / 255).any()
     results = []
-    for function in (composite, composite_reference):
+    for function in (composite_slab, composite_reference):
         tile_colors, log_transmittance, stopped = function(coefficients, basis, colors, log_transmittance_in,
                                                            stopped_in)
         loss = (tile_colors * weights_colors).sum() + (log_transmittance * weights_log_t).sum()
@@ -222,12 +222,13 @@ def test_custom_composite_backward_matches_autograd_twin():
 
 
 def test_two_slabs_composite_like_one():
-    """The carried log-transmittance and stop flags make slabs of rows 0-11 then 12-29 equal rows 0-29."""
+    """The carried log-transmittance and stop flags make slabs of rows 0-11 then 12-29 equal rows 0-29;
+    so does the block function with any slab size."""
     coefficients, basis, colors = _random_slab(torch.Generator().manual_seed(4))
     zeros, clear = torch.zeros(6, 16, dtype=DTYPE), torch.zeros(6, 16, dtype=torch.bool)
-    whole = composite(coefficients, basis, colors, zeros, clear)
-    front = composite(coefficients[:, :12], basis, colors[:, :12], zeros, clear)
-    back = composite(coefficients[:, 12:], basis, colors[:, 12:], front[1], front[2])
+    whole = composite_slab(coefficients, basis, colors, zeros, clear)
+    front = composite_slab(coefficients[:, :12], basis, colors[:, :12], zeros, clear)
+    back = composite_slab(coefficients[:, 12:], basis, colors[:, 12:], front[1], front[2])
     assert front[2].any() and not front[2].all() and whole[2].sum() > front[2].sum()
     torch.testing.assert_close(front[0] + back[0], whole[0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(back[1], whole[1], rtol=1e-12, atol=1e-14)
@@ -237,6 +238,13 @@ def test_two_slabs_composite_like_one():
     joint = torch.autograd.grad((whole[0] * weights).sum() + whole[1].sum(), [coefficients, colors])
     for ours, reference in zip(split, joint, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+    for slab_rows in (5, 12, 30):  # the block function walks slabs itself, dropping stopped tiles
+        block = composite_block(coefficients, basis, colors, slab_rows)
+        torch.testing.assert_close(block[0], whole[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(block[1], whole[1], rtol=1e-12, atol=1e-14)
+        grads = torch.autograd.grad((block[0] * weights).sum() + block[1].sum(), [coefficients, colors])
+        for ours, reference in zip(grads, joint, strict=True):
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
 
 
 def test_tile_size_and_block_size_do_not_change_image_or_gradients():

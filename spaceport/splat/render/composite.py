@@ -8,9 +8,10 @@ at every pixel. Per pixel: alpha = min(0.999, exp(exponent)); rows with alpha < 
 pixel stops before the row that would take its transmittance T to <= 1e-4; colour = sum of
 alpha * T * colour of the row.
 
-``composite`` is a custom autograd Function with the closed-form gradient, in about half the memory
-passes that autograd needs through the forward's ops. ``composite_reference`` is the same forward left
-to autograd: the twin the tests compare it with.
+``composite_slab`` and ``composite_block`` (all rows of a set of tiles, slab by slab) are custom autograd
+Functions with the closed-form gradient, in about half the memory passes that autograd needs through the
+forward's ops. ``composite_reference`` is a slab's forward left to autograd: the twin the tests compare
+them with.
 """
 
 from __future__ import annotations
@@ -38,31 +39,68 @@ class AbsGradTarget:
     geometry: Tensor  # (T, K, 5) conic xx, xy, yy and mean - tile centre (x, y) of each row
     pixel_offsets: Tensor  # (2, P)
 
+    def select(self, tiles: Tensor, rows: slice) -> AbsGradTarget:
+        return AbsGradTarget(self.buffer, self.gaussian[:, rows].index_select(0, tiles),
+                             self.geometry[:, rows].index_select(0, tiles), self.pixel_offsets)
 
-class _Composite(torch.autograd.Function):
+
+def _slab_forward(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
+                  stopped_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, bool]:
+    """-> slab colours, log-transmittance out, stopped out, and for the backward: alpha (0 where a row does
+    not count), weights alpha * T, whether any alpha was clamped at 0.999."""
+    alpha = torch.matmul(coefficients, basis).exp_()
+    clamped = bool(alpha.max() > MAX_ALPHA) if alpha.numel() else False
+    if clamped:
+        alpha.clamp_max_(MAX_ALPHA)
+    F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)  # alpha <= 1/255 contributes nothing
+    log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1).add_(log_transmittance_in[:, None, :])
+    stopped_out = stopped_in | (log_transmittance[:, -1, :] <= LOG_TRANSMITTANCE_STOP)
+    if bool(stopped_out.any()):
+        kept = (log_transmittance > LOG_TRANSMITTANCE_STOP).logical_and_(~stopped_in[:, None, :])  # prefixes
+        alpha.mul_(kept)
+        last_kept = (kept.sum(dim=1, keepdim=True) - 1).clamp_min_(0)
+        log_transmittance_out = torch.where(kept[:, 0, :], log_transmittance.gather(1, last_kept).squeeze(1),
+                                            log_transmittance_in)
+    else:
+        log_transmittance_out = log_transmittance[:, -1, :].clone()
+    # Transmittance before each row: shift by one row; the slab's first row sees what came in.
+    transmittance = log_transmittance.roll(1, dims=1)
+    transmittance[:, 0, :] = log_transmittance_in
+    weights = transmittance.exp_().mul_(alpha)
+    tile_colors = torch.matmul(weights.transpose(1, 2), colors)  # (T, P, D)
+    return tile_colors, log_transmittance_out, stopped_out, alpha, weights, clamped
+
+
+def _slab_backward(alpha: Tensor, weights: Tensor, basis: Tensor, colors: Tensor, clamped: bool,
+                   grad_colors: Tensor, grad_log_transmittance_out: Tensor,
+                   absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor, Tensor]:
+    """-> gradients of the slab's coefficients, row colours and incoming log-transmittance."""
+    grad_row_colors = torch.matmul(weights, grad_colors)  # (T, K, D)
+    # d loss / d weight of each row at each pixel, times the weight
+    contribution = torch.matmul(colors, grad_colors.transpose(1, 2)).mul_(weights)
+    in_total = contribution.sum(dim=1)
+    # Every row's alpha scales the rows behind it and the outgoing transmittance by (1 - alpha):
+    # d/d alpha_k = c_k T_k - (sum of contributions behind k + dL/dlogT_out) / (1 - alpha_k).
+    behind = torch.cumsum(contribution, dim=1).neg_().add_((in_total + grad_log_transmittance_out)[:, None, :])
+    # d alpha / d exponent = alpha (unless clamped), so d/d exponent = w_k c_k - alpha_k/(1 - alpha_k) * ...
+    odds = (1.0 - alpha).reciprocal_().mul_(alpha)
+    grad_exponent = contribution.sub_(behind.mul_(odds))
+    if clamped:
+        grad_exponent.masked_fill_(alpha >= MAX_ALPHA, 0.0)
+    if absgrad is not None:
+        _accumulate_absgrad(grad_exponent, absgrad)
+    grad_coefficients = torch.matmul(grad_exponent, basis.T)
+    # All weights and the outgoing log-transmittance shift one to one with the incoming one.
+    grad_log_transmittance_in = in_total.add_(grad_log_transmittance_out)
+    return grad_coefficients, grad_row_colors, grad_log_transmittance_in
+
+
+class _CompositeSlab(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
                 stopped_in: Tensor, absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor, Tensor]:
-        alpha = torch.matmul(coefficients, basis).exp_()
-        clamped = bool(alpha.max() > MAX_ALPHA) if alpha.numel() else False
-        if clamped:
-            alpha.clamp_max_(MAX_ALPHA)
-        F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)  # alpha <= 1/255 contributes nothing
-        log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1).add_(log_transmittance_in[:, None, :])
-        stopped_out = stopped_in | (log_transmittance[:, -1, :] <= LOG_TRANSMITTANCE_STOP)
-        if bool(stopped_out.any()):
-            kept = (log_transmittance > LOG_TRANSMITTANCE_STOP).logical_and_(~stopped_in[:, None, :])  # prefixes
-            alpha.mul_(kept)
-            last_kept = (kept.sum(dim=1, keepdim=True) - 1).clamp_min_(0)
-            log_transmittance_out = torch.where(kept[:, 0, :], log_transmittance.gather(1, last_kept).squeeze(1),
-                                                log_transmittance_in)
-        else:
-            log_transmittance_out = log_transmittance[:, -1, :].clone()
-        # Transmittance before each row: shift by one row; the slab's first row sees what came in.
-        transmittance = log_transmittance.roll(1, dims=1)
-        transmittance[:, 0, :] = log_transmittance_in
-        weights = transmittance.exp_().mul_(alpha)
-        tile_colors = torch.matmul(weights.transpose(1, 2), colors)  # (T, P, D)
+        tile_colors, log_transmittance_out, stopped_out, alpha, weights, clamped = _slab_forward(
+            coefficients, basis, colors, log_transmittance_in, stopped_in)
         ctx.save_for_backward(alpha, weights, basis, colors)
         ctx.clamped, ctx.absgrad = clamped, absgrad
         ctx.mark_non_differentiable(stopped_out)
@@ -71,24 +109,58 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_colors: Tensor, grad_log_transmittance_out: Tensor, _grad_stopped: None):
         alpha, weights, basis, colors = ctx.saved_tensors
-        grad_row_colors = torch.matmul(weights, grad_colors)  # (T, K, D)
-        # d loss / d weight of each row at each pixel, times the weight
-        contribution = torch.matmul(colors, grad_colors.transpose(1, 2)).mul_(weights)
-        in_total = contribution.sum(dim=1)
-        # Every row's alpha scales the rows behind it and the outgoing transmittance by (1 - alpha):
-        # d/d alpha_k = c_k T_k - (sum of contributions behind k + dL/dlogT_out) / (1 - alpha_k).
-        behind = torch.cumsum(contribution, dim=1).neg_().add_((in_total + grad_log_transmittance_out)[:, None, :])
-        # d alpha / d exponent = alpha (unless clamped), so d/d exponent = w_k c_k - alpha_k/(1 - alpha_k) * ...
-        odds = (1.0 - alpha).reciprocal_().mul_(alpha)
-        grad_exponent = contribution.sub_(behind.mul_(odds))
-        if ctx.clamped:
-            grad_exponent.masked_fill_(alpha >= MAX_ALPHA, 0.0)
-        if ctx.absgrad is not None:
-            _accumulate_absgrad(grad_exponent, ctx.absgrad)
-        grad_coefficients = torch.matmul(grad_exponent, basis.T)
-        # All weights and the outgoing log-transmittance shift one to one with the incoming one.
-        grad_log_transmittance_in = in_total.add_(grad_log_transmittance_out)
-        return grad_coefficients, None, grad_row_colors, grad_log_transmittance_in, None, None
+        grads = _slab_backward(alpha, weights, basis, colors, ctx.clamped, grad_colors, grad_log_transmittance_out,
+                               ctx.absgrad)
+        return grads[0], None, grads[1], grads[2], None, None
+
+
+class _CompositeBlock(torch.autograd.Function):
+    """All K rows of T tiles, ``slab_rows`` at a time front to back; tiles whose pixels have all stopped
+    drop out. The backward walks the slabs back to front, carrying d loss / d log-transmittance."""
+
+    @staticmethod
+    def forward(ctx, coefficients: Tensor, basis: Tensor, colors: Tensor, slab_rows: int,
+                absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor]:
+        n_tiles, n_rows = coefficients.shape[:2]
+        tile_colors = colors.new_zeros(n_tiles, basis.shape[1], colors.shape[2])
+        log_transmittance = coefficients.new_zeros(n_tiles, basis.shape[1])
+        stopped = torch.zeros(n_tiles, basis.shape[1], dtype=torch.bool, device=coefficients.device)
+        active = torch.arange(n_tiles, device=coefficients.device)
+        saved, clamped = [], []
+        for first in range(0, n_rows, slab_rows):
+            rows = slice(first, first + slab_rows)
+            slab_colors, slab_log_transmittance, slab_stopped, alpha, weights, slab_clamped = _slab_forward(
+                coefficients[:, rows].index_select(0, active), basis, colors[:, rows].index_select(0, active),
+                log_transmittance.index_select(0, active), stopped.index_select(0, active))
+            tile_colors.index_add_(0, active, slab_colors)
+            log_transmittance.index_copy_(0, active, slab_log_transmittance)
+            stopped.index_copy_(0, active, slab_stopped)
+            saved += [active, alpha, weights]
+            clamped.append(slab_clamped)
+            active = active[~slab_stopped.all(dim=1)]
+            if active.numel() == 0:
+                break
+        ctx.save_for_backward(basis, colors, *saved)
+        ctx.slab_rows, ctx.clamped, ctx.absgrad, ctx.shape = slab_rows, clamped, absgrad, coefficients.shape
+        return tile_colors, log_transmittance
+
+    @staticmethod
+    def backward(ctx, grad_colors: Tensor, grad_log_transmittance: Tensor):
+        basis, colors, *saved = ctx.saved_tensors
+        grad_coefficients = colors.new_zeros(ctx.shape)
+        grad_row_colors = torch.zeros_like(colors)
+        grad_carry = grad_log_transmittance.clone()  # d loss / d each tile's log-transmittance, walking back
+        for slab in reversed(range(len(ctx.clamped))):
+            active, alpha, weights = saved[3 * slab:3 * slab + 3]
+            rows = slice(slab * ctx.slab_rows, slab * ctx.slab_rows + alpha.shape[1])
+            absgrad = ctx.absgrad.select(active, rows) if ctx.absgrad is not None else None
+            grad_slab_coefficients, grad_slab_colors, grad_carry_in = _slab_backward(
+                alpha, weights, basis, colors[:, rows].index_select(0, active), ctx.clamped[slab],
+                grad_colors.index_select(0, active), grad_carry.index_select(0, active), absgrad)
+            grad_coefficients[:, rows].index_copy_(0, active, grad_slab_coefficients)
+            grad_row_colors[:, rows].index_copy_(0, active, grad_slab_colors)
+            grad_carry.index_copy_(0, active, grad_carry_in)
+        return grad_coefficients, None, grad_row_colors, None, None
 
 
 def _accumulate_absgrad(grad_exponent: Tensor, target: AbsGradTarget) -> None:
@@ -102,20 +174,27 @@ def _accumulate_absgrad(grad_exponent: Tensor, target: AbsGradTarget) -> None:
     target.buffer.index_add_(0, target.gaussian.reshape(-1), absgrad.to(target.buffer.dtype))
 
 
-def composite(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
-              stopped_in: Tensor, absgrad: AbsGradTarget | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def composite_slab(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
+                   stopped_in: Tensor, absgrad: AbsGradTarget | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Composite a slab of rows behind pixels with log-transmittance ``log_transmittance_in`` (T, P), of
     which ``stopped_in`` (T, P) have stopped (no later row counts, as in gsplat's loop ``break``).
 
     Returns the slab's (T, P, D) premultiplied colour, the (T, P) log-transmittance after its last counted
     row, and which pixels have stopped by the end of the slab.
     """
-    return _Composite.apply(coefficients, basis, colors, log_transmittance_in, stopped_in, absgrad)
+    return _CompositeSlab.apply(coefficients, basis, colors, log_transmittance_in, stopped_in, absgrad)
+
+
+def composite_block(coefficients: Tensor, basis: Tensor, colors: Tensor, slab_rows: int,
+                    absgrad: AbsGradTarget | None = None) -> tuple[Tensor, Tensor]:
+    """Composite all rows (T, K, ...) of T tiles in front of nothing -> (T, P, D) premultiplied colours and
+    (T, P) final log-transmittance. ``slab_rows`` bounds the rows done at once; it does not change the result."""
+    return _CompositeBlock.apply(coefficients, basis, colors, slab_rows, absgrad)
 
 
 def composite_reference(coefficients: Tensor, basis: Tensor, colors: Tensor, log_transmittance_in: Tensor,
                         stopped_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``composite`` written as plain differentiable torch ops (slower; the twin for tests)."""
+    """``composite_slab`` written as plain differentiable torch ops (slower; the twin for tests)."""
     alpha = torch.clamp_max(torch.exp(coefficients @ basis), MAX_ALPHA)
     alpha = torch.where(alpha.detach() > ALPHA_THRESHOLD, alpha, 0.0)
     log_survival = torch.log1p(-alpha)

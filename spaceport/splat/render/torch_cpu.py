@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from spaceport.splat.render.composite import AbsGradTarget, composite
+from spaceport.splat.render.composite import AbsGradTarget, composite_block
 from spaceport.splat.render.projection import ALPHA_THRESHOLD, Projection, camera_centers, project_gaussians
 from spaceport.splat.render.sh import sh_to_color
-from spaceport.splat.render.tiles import TileGrid, TileRows, intersect_tiles, plan_blocks
+from spaceport.splat.render.tiles import TileBlock, TileGrid, TileRows, intersect_tiles, plan_blocks
 
 TILE_SIZES = (4, 8, 16)  # candidates for tile_size=None; the cheapest for the frame's Gaussians is used
 ROW_OVERHEAD = 4  # cost of a row beyond its pixels, in pixel evaluations (fitted to CPU timings)
@@ -134,57 +134,43 @@ def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Te
                       absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
     """(n_tiles, P, D) premultiplied colours and (n_tiles, P) log-transmittance of every tile."""
     dtype, device = row_exponent.dtype, row_exponent.device
-    pixel_offsets = grid.pixel_offsets(dtype, device)
-    basis = _quadratic_basis(pixel_offsets)
-    blocks = plan_blocks(rows, grid.pixels_per_tile, block_elements)
-    total_elements = sum(block.rows.numel() for block in blocks) * grid.pixels_per_tile
-    use_checkpoint = total_elements > checkpoint_elements and torch.is_grad_enabled()
-    row_gaussian = torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)])
-    tile_colors, tile_log_transmittance = [], []
-    for block in blocks:
-        args = (row_exponent, row_colors, row_geometry, row_gaussian, block.rows, basis, pixel_offsets, slab_rows,
-                absgrad_buffer)
-        colors, log_transmittance = (checkpoint(_composite_block, *args, use_reentrant=False)
-                                     if use_checkpoint else _composite_block(*args))
-        tile_colors.append(colors)
-        tile_log_transmittance.append(log_transmittance)
     channels = row_colors.shape[-1]
     all_colors = row_colors.new_zeros(grid.n_tiles, grid.pixels_per_tile, channels)
     all_log_transmittance = row_exponent.new_zeros(grid.n_tiles, grid.pixels_per_tile)
-    if blocks:
-        tiles = torch.cat([block.tiles for block in blocks])
-        all_colors = all_colors.index_copy(0, tiles, torch.cat(tile_colors))
-        all_log_transmittance = all_log_transmittance.index_copy(0, tiles, torch.cat(tile_log_transmittance))
+    blocks = plan_blocks(rows, grid.pixels_per_tile, block_elements)
+    if not blocks:
+        return all_colors, all_log_transmittance
+    pixel_offsets = grid.pixel_offsets(dtype, device)
+    basis = _quadratic_basis(pixel_offsets)
+    # One gather for all blocks (its backward is one scatter), then a view per block.
+    index = torch.cat([block.rows.flatten() for block in blocks])
+    sizes = [block.rows.numel() for block in blocks]
+    block_exponents = row_exponent.index_select(0, index).split(sizes)
+    block_colors = row_colors.index_select(0, index).split(sizes)
+    absgrad_targets = _absgrad_targets(absgrad_buffer, row_geometry, rows, index, sizes, blocks, pixel_offsets)
+    use_checkpoint = sum(sizes) * grid.pixels_per_tile > checkpoint_elements and torch.is_grad_enabled()
+    tile_colors, tile_log_transmittance = [], []
+    for block, exponent, colors, absgrad in zip(blocks, block_exponents, block_colors, absgrad_targets, strict=True):
+        args = (exponent.view(*block.rows.shape, 6), basis, colors.view(*block.rows.shape, channels), slab_rows,
+                absgrad)
+        colors, log_transmittance = (checkpoint(composite_block, *args, use_reentrant=False)
+                                     if use_checkpoint else composite_block(*args))
+        tile_colors.append(colors)
+        tile_log_transmittance.append(log_transmittance)
+    tiles = torch.cat([block.tiles for block in blocks])
+    all_colors = all_colors.index_copy(0, tiles, torch.cat(tile_colors))
+    all_log_transmittance = all_log_transmittance.index_copy(0, tiles, torch.cat(tile_log_transmittance))
     return all_colors, all_log_transmittance
 
 
-def _composite_block(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, row_gaussian: Tensor,
-                     block_rows: Tensor, basis: Tensor, pixel_offsets: Tensor, slab_rows: int,
-                     absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Composite the (T, K) rows of a block, ``slab_rows`` at a time, leaving out tiles whose every pixel
-    has stopped (transmittance <= 1e-4) -> (T, P, D) colours and (T, P) log-transmittance."""
-    n_tiles, n_rows = block_rows.shape
-    colors = row_colors.new_zeros(n_tiles, basis.shape[1], row_colors.shape[1])
-    log_transmittance = row_exponent.new_zeros(n_tiles, basis.shape[1])
-    stopped = torch.zeros(n_tiles, basis.shape[1], dtype=torch.bool, device=block_rows.device)
-    active = torch.arange(n_tiles, device=block_rows.device)
-    for first in range(0, n_rows, slab_rows):
-        slab = block_rows.index_select(0, active)[:, first:first + slab_rows]
-        index, shape = slab.flatten(), (*slab.shape, -1)
-        absgrad = None
-        if absgrad_buffer is not None:
-            absgrad = AbsGradTarget(absgrad_buffer, row_gaussian.index_select(0, index),
-                                    row_geometry.index_select(0, index).view(shape), pixel_offsets)
-        slab_colors, slab_log_transmittance, slab_stopped = composite(
-            row_exponent.index_select(0, index).view(shape), basis, row_colors.index_select(0, index).view(shape),
-            log_transmittance.index_select(0, active), stopped.index_select(0, active), absgrad)
-        colors = colors.index_add(0, active, slab_colors)
-        log_transmittance = log_transmittance.index_copy(0, active, slab_log_transmittance)
-        stopped.index_copy_(0, active, slab_stopped)
-        active = active[~slab_stopped.all(dim=1)]
-        if active.numel() == 0:
-            break
-    return colors, log_transmittance
+def _absgrad_targets(buffer: Tensor | None, row_geometry: Tensor, rows: TileRows, index: Tensor, sizes: list[int],
+                     blocks: list[TileBlock], pixel_offsets: Tensor) -> list[AbsGradTarget | None]:
+    if buffer is None:
+        return [None] * len(blocks)
+    gaussian = torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)]).index_select(0, index).split(sizes)
+    geometry = row_geometry.index_select(0, index).split(sizes)
+    return [AbsGradTarget(buffer, ids.view(block.rows.shape), geo.view(*block.rows.shape, 5), pixel_offsets)
+            for block, ids, geo in zip(blocks, gaussian, geometry, strict=True)]
 
 
 def _quadratic_basis(pixel_offsets: Tensor) -> Tensor:
