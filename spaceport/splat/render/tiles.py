@@ -1,9 +1,9 @@
 """Binning of projected Gaussians into square screen tiles (no gradients flow through this module).
 
 A *row* is one (tile, Gaussian) overlap. Rows are sorted by tile, then front to back, like gsplat's
-``isect_tiles`` + ``isect_offset_encode``. Unlike gsplat, a row is dropped when the Gaussian's
-alpha >= 1/255 ellipse misses the tile's pixel centres altogether: such a row can never contribute, so
-the image is unchanged and less work is done. For evaluation, tiles with similar row counts are
+``isect_tiles`` + ``isect_offset_encode``. Unlike gsplat, which takes every tile of a Gaussian's pixel box,
+a Gaussian gets only the tiles its alpha >= 1/255 ellipse reaches: the other rows could never contribute,
+so the image is unchanged and less work is done. For evaluation, tiles with similar row counts are
 grouped into *blocks* padded to a dense (tiles, K) index matrix.
 """
 
@@ -90,6 +90,8 @@ def intersect_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: T
     """Rows of the visible Gaussians (radii > 0), per camera front to back, grouped by tile.
 
     ``means2d`` (C,N,2), ``conics`` (C,N,3), ``opacities`` (C,N), ``radii`` (C,N,2), ``depths`` (C,N).
+    Each Gaussian is cut into bands, one per tile row of its pixel box; in each band it gets the tiles
+    between the leftmost and rightmost points of its alpha >= 1/255 ellipse there.
     """
     n_gaussians = depths.shape[1]
     device, dtype = means2d.device, means2d.dtype
@@ -101,65 +103,73 @@ def intersect_tiles(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: T
 
     center = means2d.reshape(-1, 2).index_select(0, flat_index)
     radius = radii.reshape(-1, 2).index_select(0, flat_index).to(dtype)
-    # Tiles holding a pixel centre (index + 0.5) inside the box mean +- radius.
-    first_pixel = torch.ceil(center - radius - 0.5)
-    last_pixel = torch.floor(center + radius - 0.5)
-    has_pixels = (first_pixel <= last_pixel).all(dim=-1)
+    # Pixels whose centre (index + 0.5) lies inside the box mean +- radius, clipped to the image.
     limits = torch.tensor([grid.width - 1, grid.height - 1], dtype=dtype, device=device)
-    first_tile = torch.div(torch.minimum(first_pixel.clamp_min(0), limits), grid.tile_size, rounding_mode="floor")
-    last_tile = torch.div(torch.minimum(last_pixel.clamp_min(0), limits), grid.tile_size, rounding_mode="floor")
-    span = (last_tile - first_tile + 1) * has_pixels[:, None]
-    tiles_per_gaussian = (span[:, 0] * span[:, 1]).long()
-    camera = flat_index // n_gaussians
-    first_tile_index = camera * grid.tiles_per_image + (first_tile[:, 1] * grid.tiles_x + first_tile[:, 0]).long()
+    first_pixel = torch.minimum(torch.ceil(center - radius - 0.5).clamp_min(0), limits)
+    last_pixel = torch.minimum(torch.floor(center + radius - 0.5), limits)
+    has_pixels = (first_pixel <= last_pixel).all(dim=-1)
+    first_band = torch.div(first_pixel[:, 1], grid.tile_size, rounding_mode="floor")
+    bands = ((torch.div(last_pixel[:, 1], grid.tile_size, rounding_mode="floor") - first_band + 1)
+             * has_pixels).long()
 
-    owner = torch.repeat_interleave(torch.arange(len(flat_index), device=device), tiles_per_gaussian)
-    first_row = torch.cumsum(tiles_per_gaussian, 0) - tiles_per_gaussian
-    offset = (torch.arange(len(owner), device=device) - first_row.index_select(0, owner)).to(dtype)
-    span_x = span[:, 0].index_select(0, owner)
-    offset_y = torch.floor((offset + 0.5) / span_x)  # exact: small integers in floating point
-    offset_x = offset - offset_y * span_x
-    tile = first_tile_index.index_select(0, owner) + (offset_y * grid.tiles_x + offset_x).long()
-
+    band_owner = torch.repeat_interleave(torch.arange(len(flat_index), device=device), bands)
+    band_start = torch.cumsum(bands, 0) - bands
+    band_row = first_band.index_select(0, band_owner) + (torch.arange(len(band_owner), device=device)
+                                                          - band_start.index_select(0, band_owner)).to(dtype)
     log_alpha_range = torch.log(opacities.reshape(-1).index_select(0, flat_index) / ALPHA_THRESHOLD)
-    per_gaussian = torch.cat([center.T, conics.reshape(-1, 3).index_select(0, flat_index).T, log_alpha_range[None]])
-    reaches = _ellipse_reaches_tile(per_gaussian.index_select(1, owner),
-                                    grid.corners(dtype, device).T.contiguous().index_select(1, tile), grid)
-    kept = torch.nonzero(reaches).squeeze(1)
-    gaussian = flat_index.index_select(0, owner.index_select(0, kept))
-    tile = tile.index_select(0, kept)
-    by_tile = torch.argsort(tile, stable=True)
+    per_gaussian = torch.cat([center.T, conics.reshape(-1, 3).index_select(0, flat_index).T,
+                              log_alpha_range[None], first_pixel[:, 0][None], last_pixel[:, 0][None]])
+    first_column, last_column = _ellipse_columns(per_gaussian.index_select(1, band_owner), band_row, grid)
+    first_tile_x = torch.div(first_column, grid.tile_size, rounding_mode="floor")
+    tiles_in_band = torch.where(first_column <= last_column,
+                                torch.div(last_column, grid.tile_size, rounding_mode="floor") - first_tile_x + 1,
+                                0.0).long()
+    camera = flat_index.index_select(0, band_owner) // n_gaussians
+    band_first_tile = camera * grid.tiles_per_image + (band_row * grid.tiles_x + first_tile_x).long()
+
+    row_band = torch.repeat_interleave(torch.arange(len(band_owner), device=device), tiles_in_band)
+    row_start = torch.cumsum(tiles_in_band, 0) - tiles_in_band
+    tile = (band_first_tile.index_select(0, row_band) + torch.arange(len(row_band), device=device)
+            - row_start.index_select(0, row_band))
+    gaussian = flat_index.index_select(0, band_owner.index_select(0, row_band))
+    # Rows come out front to back; a stable sort by tile keeps that order within each tile.
+    by_tile = torch.argsort(tile.to(torch.int32), stable=True)
     tile = tile.index_select(0, by_tile)
     rows_per_tile = torch.bincount(tile, minlength=grid.n_tiles)
     tile_starts = torch.cat([rows_per_tile.new_zeros(1), torch.cumsum(rows_per_tile, 0)])
     return TileRows(gaussian=gaussian.index_select(0, by_tile), tile=tile, tile_starts=tile_starts)
 
 
-def _ellipse_reaches_tile(per_gaussian: Tensor, corner: Tensor, grid: TileGrid) -> Tensor:
-    """(R,) whether alpha = opacity * exp(-sigma) can reach 1/255 at some pixel centre of the tile.
+def _ellipse_columns(per_gaussian: Tensor, band_row: Tensor, grid: TileGrid) -> tuple[Tensor, Tensor]:
+    """First and last pixel columns (float, B) whose centres, in some pixel row of the band, lie where
+    alpha = opacity * exp(-sigma) >= 1/255; first > last when there is none.
 
-    ``per_gaussian`` (6, R): mean x, y, conic xx, xy, yy, log(opacity * 255); ``corner`` (2, R). The minimum
-    of the quadratic sigma over the rectangle spanned by the tile's pixel centres is 0 when the mean is
-    inside, else it lies on one of the four edges, each a 1D quadratic minimised in closed form.
+    ``per_gaussian`` (8, B): mean x, y, conic xx, xy, yy, log(opacity * 255), and the first and last column
+    of the Gaussian's pixel box. sigma = 0.5 (xx dx^2 + 2 xy dx dy + yy dy^2) <= log(opacity * 255) is an
+    ellipse; over the band's rows its x-extent runs between its boundary at the rows nearest to its
+    leftmost and rightmost points (the boundary is concave on the right, convex on the left).
     """
-    mean_x, mean_y, conic_xx, conic_xy, conic_yy, log_alpha_range = per_gaussian
-    low_x, low_y = corner[0] + 0.5 - mean_x, corner[1] + 0.5 - mean_y  # the rectangle relative to the mean
-    high_x = torch.clamp_max(corner[0] + grid.tile_size, grid.width) - 0.5 - mean_x
-    high_y = torch.clamp_max(corner[1] + grid.tile_size, grid.height) - 0.5 - mean_y
+    mean_x, mean_y, conic_xx, conic_xy, conic_yy, log_alpha_range, box_first, box_last = per_gaussian
+    level = 2.0 * (log_alpha_range + 1e-3 * (1.0 + log_alpha_range.abs()))  # a hair wider against rounding
+    determinant = conic_xx * conic_yy - conic_xy * conic_xy
+    half_height = torch.sqrt(level * conic_xx / determinant)
+    half_width = torch.sqrt(level * conic_yy / determinant)
+    band_top = band_row * grid.tile_size + 0.5 - mean_y  # pixel-centre rows of the band, relative to the mean
+    band_bottom = torch.clamp_max((band_row + 1) * grid.tile_size, grid.height) - 0.5 - mean_y
+    low = torch.maximum(band_top, -half_height)
+    high = torch.minimum(band_bottom, half_height)
 
-    def sigma(dx: Tensor, dy: Tensor) -> Tensor:
-        return 0.5 * conic_xx * dx * dx + conic_xy * dx * dy + 0.5 * conic_yy * dy * dy
+    def boundary_x(dy: Tensor, side: float) -> Tensor:
+        """x - mean_x on the ellipse's right (side=1) or left (side=-1) boundary at row offset dy."""
+        root = torch.sqrt(torch.clamp_min(level * conic_xx - determinant * dy * dy, 0.0))
+        return (side * root - conic_xy * dy) / conic_xx
 
-    smallest_sigma = torch.full_like(mean_x, torch.inf)
-    for dx in (low_x, high_x):
-        dy = torch.clamp(-conic_xy * dx / conic_yy, low_y, high_y)
-        smallest_sigma = torch.minimum(smallest_sigma, sigma(dx, dy))
-    for dy in (low_y, high_y):
-        dx = torch.clamp(-conic_xy * dy / conic_xx, low_x, high_x)
-        smallest_sigma = torch.minimum(smallest_sigma, sigma(dx, dy))
-    inside = (low_x <= 0) & (high_x >= 0) & (low_y <= 0) & (high_y >= 0)
-    smallest_sigma.masked_fill_(inside, 0.0)
-    return smallest_sigma <= log_alpha_range + 1e-3 * (1.0 + log_alpha_range.abs())
+    extreme_dy = conic_xy * half_width / conic_yy  # row offset of the leftmost point; the rightmost is at -it
+    right = boundary_x(torch.minimum(torch.maximum(-extreme_dy, low), high), 1.0)
+    left = boundary_x(torch.minimum(torch.maximum(extreme_dy, low), high), -1.0)
+    first = torch.maximum(torch.ceil(mean_x + left - 0.5), box_first)
+    last = torch.minimum(torch.floor(mean_x + right - 0.5), box_last)
+    return first, torch.where(low <= high, last, first - 1)
 
 
 @torch.no_grad()
