@@ -34,12 +34,11 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--workspace", default=None)
-    parser.add_argument("extra", nargs="*", help="options passed on to `spaceport run`")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # the rest goes to `spaceport run`
     workspace = Path(args.workspace or f"/tmp/spaceport_e2e_{args.name}")
     shutil.rmtree(workspace, ignore_errors=True)  # a fresh workspace every time
     command = [sys.executable, "-m", "spaceport", "run", args.photos, "-o", str(workspace),
-               "--preset", args.preset, *args.extra]
+               "--preset", args.preset, *extra]
     start = time.perf_counter()
     completed = subprocess.run(command)
     wall = time.perf_counter() - start

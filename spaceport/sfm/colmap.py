@@ -201,6 +201,8 @@ def _match(ws: Workspace, frames: dict, matcher: str, config: SfmConfig, progres
                                          device=pycolmap.Device.cpu)
             else:
                 raise SpaceportError(f"unknown matcher '{matcher}'")
+        # pairs are written in blocks, so the poll can lag behind: show the final count
+        task.update(completed=_count_rows(database, "two_view_geometries"))
 
 
 def _map(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress) -> dict[int, Any]:
@@ -258,6 +260,13 @@ def _pick_largest(ws: Workspace, frames: dict, config: SfmConfig) -> tuple[pycol
     return best, info
 
 
+def _log_colmap_to_file(ws: Workspace) -> None:
+    """COLMAP's own log goes to logs/sfm.colmap.log, not the terminal (the progress bars are there)."""
+    ws.logs_dir.mkdir(parents=True, exist_ok=True)
+    pycolmap.logging.alsologtostderr = False
+    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, ws.logs_dir / "sfm.colmap.log")
+
+
 def _undistort(ws: Workspace, images_dir: Path, progress: Progress) -> None:
     """PINHOLE images + model for training, written beside and renamed into sfm/undistorted."""
     tmp = ws.sfm_dir / "undistorted.tmp"
@@ -281,10 +290,7 @@ def run_sfm(ws: Workspace, config: SfmConfig, progress: Progress) -> StageResult
     """Images in ``images/`` -> COLMAP model in ``sfm/sparse/0`` and PINHOLE ``sfm/undistorted``."""
     frames = _check_inputs(ws)
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
-    ws.logs_dir.mkdir(parents=True, exist_ok=True)
-    # COLMAP's own log goes to logs/sfm.colmap.log, not the terminal (the progress bars are there)
-    pycolmap.logging.alsologtostderr = False
-    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, ws.logs_dir / "sfm.colmap.log")
+    _log_colmap_to_file(ws)
     steps = _Steps(ws)
     matcher = choose_matcher(frames, config)
     groups = camera_groups(frames, config.camera_mode)
@@ -362,5 +368,6 @@ def import_model(ws: Workspace, model_dir: Path, images_dir: Path, progress: Pro
         raise SpaceportError(f"{model_dir}: the model has {model.num_reg_images()} registered images and "
                              f"{model.num_points3D()} points; training needs >= {MIN_REGISTERED} and a point cloud")
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
+    _log_colmap_to_file(ws)
     _write_model(ws, model)
     _undistort(ws, images_dir, progress)
