@@ -114,53 +114,76 @@ class _CompositeSlab(torch.autograd.Function):
         return grads[0], None, grads[1], grads[2], None, None
 
 
-class _CompositeBlock(torch.autograd.Function):
-    """All K rows of T tiles, ``slab_rows`` at a time front to back; tiles whose pixels have all stopped
-    drop out. The backward walks the slabs back to front, carrying d loss / d log-transmittance."""
+@dataclass
+class SlabRecord:
+    """What one slab's forward leaves for its backward."""
 
+    active: Tensor  # (T',) indices of the block's tiles still compositing in this slab
+    rows: slice  # the block's rows this slab covers
+    alpha: Tensor  # (T', k, P) alpha of each row at each pixel, 0 where it does not count
+    weights: Tensor  # (T', k, P) alpha * transmittance
+    clamped: bool  # whether some alpha was clamped at 0.999
+
+
+def block_forward(coefficients: Tensor, basis: Tensor, colors: Tensor,
+                  slab_rows: int) -> tuple[Tensor, Tensor, list[SlabRecord]]:
+    """All K rows (T, K, ...) of T tiles, ``slab_rows`` at a time front to back; tiles whose pixels have all
+    stopped drop out. -> (T, P, D) premultiplied colours, (T, P) final log-transmittance, slab records."""
+    n_tiles, n_rows = coefficients.shape[:2]
+    tile_colors = colors.new_zeros(n_tiles, basis.shape[1], colors.shape[2])
+    log_transmittance = coefficients.new_zeros(n_tiles, basis.shape[1])
+    stopped = torch.zeros(n_tiles, basis.shape[1], dtype=torch.bool, device=coefficients.device)
+    active = torch.arange(n_tiles, device=coefficients.device)
+    records = []
+    for first in range(0, n_rows, slab_rows):
+        rows = slice(first, first + slab_rows)
+        slab_colors, slab_log_transmittance, slab_stopped, alpha, weights, clamped = _slab_forward(
+            coefficients[:, rows].index_select(0, active), basis, colors[:, rows].index_select(0, active),
+            log_transmittance.index_select(0, active), stopped.index_select(0, active))
+        tile_colors.index_add_(0, active, slab_colors)
+        log_transmittance.index_copy_(0, active, slab_log_transmittance)
+        stopped.index_copy_(0, active, slab_stopped)
+        records.append(SlabRecord(active, rows, alpha, weights, clamped))
+        active = active[~slab_stopped.all(dim=1)]
+        if active.numel() == 0:
+            break
+    return tile_colors, log_transmittance, records
+
+
+def block_backward(records: list[SlabRecord], basis: Tensor, colors: Tensor, grad_colors: Tensor,
+                   grad_log_transmittance: Tensor, absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor]:
+    """Walk the slabs back to front, carrying d loss / d log-transmittance -> gradients of the block's
+    (T, K, 6) coefficients and (T, K, D) row colours."""
+    n_tiles, n_rows = colors.shape[:2]
+    grad_coefficients = colors.new_zeros(n_tiles, n_rows, basis.shape[0])
+    grad_row_colors = torch.zeros_like(colors)
+    grad_carry = grad_log_transmittance.clone()
+    for record in reversed(records):
+        active, rows = record.active, record.rows
+        grad_slab_coefficients, grad_slab_colors, grad_carry_in = _slab_backward(
+            record.alpha, record.weights, basis, colors[:, rows].index_select(0, active), record.clamped,
+            grad_colors.index_select(0, active), grad_carry.index_select(0, active),
+            absgrad.select(active, rows) if absgrad is not None else None)
+        grad_coefficients[:, rows].index_copy_(0, active, grad_slab_coefficients)
+        grad_row_colors[:, rows].index_copy_(0, active, grad_slab_colors)
+        grad_carry.index_copy_(0, active, grad_carry_in)
+    return grad_coefficients, grad_row_colors
+
+
+class _CompositeBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coefficients: Tensor, basis: Tensor, colors: Tensor, slab_rows: int,
                 absgrad: AbsGradTarget | None) -> tuple[Tensor, Tensor]:
-        n_tiles, n_rows = coefficients.shape[:2]
-        tile_colors = colors.new_zeros(n_tiles, basis.shape[1], colors.shape[2])
-        log_transmittance = coefficients.new_zeros(n_tiles, basis.shape[1])
-        stopped = torch.zeros(n_tiles, basis.shape[1], dtype=torch.bool, device=coefficients.device)
-        active = torch.arange(n_tiles, device=coefficients.device)
-        saved, clamped = [], []
-        for first in range(0, n_rows, slab_rows):
-            rows = slice(first, first + slab_rows)
-            slab_colors, slab_log_transmittance, slab_stopped, alpha, weights, slab_clamped = _slab_forward(
-                coefficients[:, rows].index_select(0, active), basis, colors[:, rows].index_select(0, active),
-                log_transmittance.index_select(0, active), stopped.index_select(0, active))
-            tile_colors.index_add_(0, active, slab_colors)
-            log_transmittance.index_copy_(0, active, slab_log_transmittance)
-            stopped.index_copy_(0, active, slab_stopped)
-            saved += [active, alpha, weights]
-            clamped.append(slab_clamped)
-            active = active[~slab_stopped.all(dim=1)]
-            if active.numel() == 0:
-                break
-        ctx.save_for_backward(basis, colors, *saved)
-        ctx.slab_rows, ctx.clamped, ctx.absgrad, ctx.shape = slab_rows, clamped, absgrad, coefficients.shape
+        tile_colors, log_transmittance, records = block_forward(coefficients, basis, colors, slab_rows)
+        ctx.records, ctx.absgrad = records, absgrad
+        ctx.save_for_backward(basis, colors)
         return tile_colors, log_transmittance
 
     @staticmethod
     def backward(ctx, grad_colors: Tensor, grad_log_transmittance: Tensor):
-        basis, colors, *saved = ctx.saved_tensors
-        grad_coefficients = colors.new_zeros(ctx.shape)
-        grad_row_colors = torch.zeros_like(colors)
-        grad_carry = grad_log_transmittance.clone()  # d loss / d each tile's log-transmittance, walking back
-        for slab in reversed(range(len(ctx.clamped))):
-            active, alpha, weights = saved[3 * slab:3 * slab + 3]
-            rows = slice(slab * ctx.slab_rows, slab * ctx.slab_rows + alpha.shape[1])
-            absgrad = ctx.absgrad.select(active, rows) if ctx.absgrad is not None else None
-            grad_slab_coefficients, grad_slab_colors, grad_carry_in = _slab_backward(
-                alpha, weights, basis, colors[:, rows].index_select(0, active), ctx.clamped[slab],
-                grad_colors.index_select(0, active), grad_carry.index_select(0, active), absgrad)
-            grad_coefficients[:, rows].index_copy_(0, active, grad_slab_coefficients)
-            grad_row_colors[:, rows].index_copy_(0, active, grad_slab_colors)
-            grad_carry.index_copy_(0, active, grad_carry_in)
-        return grad_coefficients, None, grad_row_colors, None, None
+        basis, colors = ctx.saved_tensors
+        grads = block_backward(ctx.records, basis, colors, grad_colors, grad_log_transmittance, ctx.absgrad)
+        return grads[0], None, grads[1], None, None
 
 
 def _accumulate_absgrad(grad_exponent: Tensor, target: AbsGradTarget) -> None:

@@ -4,16 +4,18 @@ Steps: project (``projection.py``) -> colours from SH -> bin into tiles (``tiles
 (tile, Gaussian), the exponent log(opacity) - sigma at the tile's P pixels as one matrix product, since
 sigma is a quadratic in the pixel offset -> composite dense blocks of tiles (``composite.py``) ->
 scatter tiles back into images. Blocks are bounded in size; when the whole frame holds more (row, pixel)
-pairs than ``checkpoint_elements``, each block is checkpointed so memory stays bounded by one block.
+pairs than ``checkpoint_elements``, the backward recomputes each block's forward instead of keeping it,
+so memory stays bounded by one block.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from spaceport.splat.render.composite import AbsGradTarget, composite_block
+from spaceport.splat.render.composite import AbsGradTarget, block_backward, block_forward
 from spaceport.splat.render.projection import ALPHA_THRESHOLD, Projection, camera_centers, project_gaussians
 from spaceport.splat.render.sh import sh_to_color
 from spaceport.splat.render.tiles import TileBlock, TileGrid, TileRows, intersect_tiles, plan_blocks
@@ -66,10 +68,13 @@ def render_torch(
 
     rows = intersect_tiles(projection.means2d.detach(), projection.conics.detach(), camera_opacities.detach(),
                            projection.radii, projection.depths.detach(), grid)
-    row_exponent, row_colors, row_geometry = _row_terms(projection, camera_opacities, point_colors, rows, grid)
+    # One row per Gaussian: x, y, conic xx, xy, yy, log opacity, colour channels; (6 + D, C*N).
+    table = torch.cat([projection.means2d.reshape(-1, 2).T, projection.conics.reshape(-1, 3).T,
+                       torch.log(camera_opacities.clamp_min(ALPHA_THRESHOLD)).reshape(1, -1),
+                       point_colors.reshape(-1, point_colors.shape[-1]).T])
     absgrad_buffer = torch.zeros_like(projection.means2d) if absgrad else None
-    tile_colors, tile_log_transmittance = _composite_blocks(
-        row_exponent, row_colors, row_geometry, rows, grid, block_elements, checkpoint_elements, slab_rows,
+    tile_colors, tile_log_transmittance = _rasterize_tiles(
+        table, rows, grid, block_elements, checkpoint_elements, slab_rows,
         absgrad_buffer.view(-1, 2) if absgrad else None,
     )
     render_colors, render_alphas = _tiles_to_images(tile_colors, tile_log_transmittance, backgrounds, grid)
@@ -102,75 +107,125 @@ def cheapest_tile_size(projection: Projection) -> int:
     return TILE_SIZES[costs.index(min(costs))]
 
 
-def _row_terms(projection: Projection, opacities: Tensor, point_colors: Tensor, rows: TileRows,
-               grid: TileGrid) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: (R+1, 6) coefficients of the exponent's quadratic in the pixel offset from the tile centre,
-    (R+1, D) colours and (R+1, 5) detached conic + mean offset (for absgrad); the last row is padding.
+@dataclass
+class _RasterPlan:
+    """Everything but the per-Gaussian table that the tile rasterization needs (nothing here has gradients)."""
 
-    exponent(u, v) = log(opacity) - sigma, sigma = 0.5 xx dx^2 + xy dx dy + 0.5 yy dy^2 with
-    (dx, dy) = (offset_x - u, offset_y - v), offset = mean - tile centre.
-    """
-    gaussian = rows.gaussian
-    means2d = projection.means2d.reshape(-1, 2).index_select(0, gaussian)
-    conics = projection.conics.reshape(-1, 3).index_select(0, gaussian)
-    log_opacity = torch.log(opacities.reshape(-1).index_select(0, gaussian).clamp_min(ALPHA_THRESHOLD))
-    offset_x, offset_y = (means2d - grid.centers(rows.tile, means2d.dtype)).unbind(-1)
-    conic_xx, conic_xy, conic_yy = conics.unbind(-1)
+    grid: TileGrid
+    blocks: list[TileBlock]
+    padded_gaussian: Tensor  # (R + 1,) the Gaussian of each row, then 0 for the padding row
+    basis: Tensor  # (6, P) monomials of the pixel offsets
+    pixel_offsets: Tensor  # (2, P)
+    slab_rows: int
+    recompute: bool  # keep nothing per block for the backward; redo its forward there (bounded memory)
+    absgrad_buffer: Tensor | None  # (C*N, 2)
+
+
+@dataclass
+class _BlockTerms:
+    """Per (tile, row) slot of a block, from the per-Gaussian table."""
+
+    gaussian: Tensor  # (T, K) index into the flattened (C*N) Gaussians; 0 for padding
+    offset_x: Tensor  # (T, K) mean - tile centre
+    offset_y: Tensor
+    conic: tuple[Tensor, Tensor, Tensor]  # xx, xy, yy, each (T, K)
+    slopes: tuple[Tensor, Tensor]  # conic @ offset, each (T, K)
+    coefficients: Tensor  # (T, K, 6)
+    colors: Tensor  # (T, K, D)
+
+    @property
+    def geometry(self) -> Tensor:
+        return torch.stack([*self.conic, self.offset_x, self.offset_y], dim=-1)
+
+
+def _block_terms(table: Tensor, block: TileBlock, plan: _RasterPlan) -> _BlockTerms:
+    """exponent(u, v) = log(opacity) - sigma at pixel offset (u, v) from the tile centre, as coefficients of
+    1, u, v, u^2, uv, v^2: sigma = 0.5 xx dx^2 + xy dx dy + 0.5 yy dy^2 with (dx, dy) = offset - (u, v).
+    Padding slots get exponent -1e4 (alpha 0)."""
+    padding = block.rows == len(plan.padded_gaussian) - 1
+    gaussian = plan.padded_gaussian.index_select(0, block.rows.flatten()).view(block.rows.shape)
+    features = table.index_select(1, gaussian.flatten()).view(table.shape[0], *block.rows.shape)
+    mean_x, mean_y, conic_xx, conic_xy, conic_yy, log_opacity = features[:6]
+    centers = plan.grid.centers(block.tiles, table.dtype)
+    offset_x, offset_y = mean_x - centers[:, :1], mean_y - centers[:, 1:]
     slope_x = conic_xx * offset_x + conic_xy * offset_y
     slope_y = conic_xy * offset_x + conic_yy * offset_y
-    sigma_at_center = 0.5 * (slope_x * offset_x + slope_y * offset_y)
-    exponent = torch.stack([log_opacity - sigma_at_center, slope_x, slope_y,
-                            -0.5 * conic_xx, -conic_xy, -0.5 * conic_yy], dim=-1)
-    padding = exponent.new_zeros(1, 6)
-    padding[0, 0] = PADDING_EXPONENT
-    colors = point_colors.reshape(-1, point_colors.shape[-1]).index_select(0, gaussian)
-    geometry = torch.stack([conic_xx, conic_xy, conic_yy, offset_x, offset_y], dim=-1).detach()
-    return (torch.cat([exponent, padding]), torch.cat([colors, colors.new_zeros(1, colors.shape[-1])]),
-            torch.cat([geometry, geometry.new_zeros(1, 5)]))
+    constant = log_opacity - 0.5 * (slope_x * offset_x + slope_y * offset_y)
+    coefficients = torch.stack([constant.masked_fill_(padding, PADDING_EXPONENT), slope_x, slope_y,
+                                -0.5 * conic_xx, -conic_xy, -0.5 * conic_yy], dim=-1)
+    return _BlockTerms(gaussian, offset_x, offset_y, (conic_xx, conic_xy, conic_yy), (slope_x, slope_y),
+                       coefficients, features[6:].permute(1, 2, 0))
 
 
-def _composite_blocks(row_exponent: Tensor, row_colors: Tensor, row_geometry: Tensor, rows: TileRows,
-                      grid: TileGrid, block_elements: int, checkpoint_elements: int, slab_rows: int,
-                      absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(n_tiles, P, D) premultiplied colours and (n_tiles, P) log-transmittance of every tile."""
-    dtype, device = row_exponent.dtype, row_exponent.device
-    channels = row_colors.shape[-1]
-    all_colors = row_colors.new_zeros(grid.n_tiles, grid.pixels_per_tile, channels)
-    all_log_transmittance = row_exponent.new_zeros(grid.n_tiles, grid.pixels_per_tile)
+def _block_terms_backward(terms: _BlockTerms, grad_coefficients: Tensor, grad_colors: Tensor) -> Tensor:
+    """Gradients of the table's features (6 + D, T*K) of each slot, from those of its coefficients and colours
+    (the Jacobian of ``_block_terms``, written out)."""
+    e0, e1, e2, e3, e4, e5 = grad_coefficients.unbind(-1)
+    (conic_xx, conic_xy, conic_yy), (slope_x, slope_y) = terms.conic, terms.slopes
+    offset_x, offset_y = terms.offset_x, terms.offset_y
+    grad_mean_x = e1 * conic_xx + e2 * conic_xy - e0 * slope_x
+    grad_mean_y = e1 * conic_xy + e2 * conic_yy - e0 * slope_y
+    grad_conic_xx = (e1 - 0.5 * e0 * offset_x) * offset_x - 0.5 * e3
+    grad_conic_xy = e1 * offset_y + e2 * offset_x - e0 * offset_x * offset_y - e4
+    grad_conic_yy = (e2 - 0.5 * e0 * offset_y) * offset_y - 0.5 * e5
+    per_slot = torch.cat([torch.stack([grad_mean_x, grad_mean_y, grad_conic_xx, grad_conic_xy, grad_conic_yy, e0]),
+                          grad_colors.permute(2, 0, 1)])
+    return per_slot.reshape(per_slot.shape[0], -1)
+
+
+class _RasterizeTiles(torch.autograd.Function):
+    """Per-Gaussian table (6 + D, C*N) of x, y, conic xx, xy, yy, log opacity, colours -> every tile's
+    (n_tiles, P, D) premultiplied colour and (n_tiles, P) final log-transmittance.
+
+    One autograd node for all rows: the backward recomputes each block's slot terms (cheap), walks its slabs
+    back to front, and scatters the block's gradients into the table once."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, plan: _RasterPlan) -> tuple[Tensor, Tensor]:
+        grid = plan.grid
+        tile_colors = table.new_zeros(grid.n_tiles, grid.pixels_per_tile, table.shape[0] - 6)
+        tile_log_transmittance = table.new_zeros(grid.n_tiles, grid.pixels_per_tile)
+        records = []
+        for block in plan.blocks:
+            terms = _block_terms(table, block, plan)
+            colors, log_transmittance, block_records = block_forward(terms.coefficients, plan.basis, terms.colors,
+                                                                     plan.slab_rows)
+            tile_colors.index_copy_(0, block.tiles, colors)
+            tile_log_transmittance.index_copy_(0, block.tiles, log_transmittance)
+            records.append(None if plan.recompute else block_records)
+        ctx.save_for_backward(table)
+        ctx.plan, ctx.records = plan, records
+        return tile_colors, tile_log_transmittance
+
+    @staticmethod
+    def backward(ctx, grad_tile_colors: Tensor, grad_tile_log_transmittance: Tensor):
+        (table,) = ctx.saved_tensors
+        plan = ctx.plan
+        grad_table = torch.zeros_like(table)
+        for block, records in zip(plan.blocks, ctx.records, strict=True):
+            terms = _block_terms(table, block, plan)
+            if records is None:
+                records = block_forward(terms.coefficients, plan.basis, terms.colors, plan.slab_rows)[2]
+            absgrad = None
+            if plan.absgrad_buffer is not None:
+                absgrad = AbsGradTarget(plan.absgrad_buffer, terms.gaussian, terms.geometry, plan.pixel_offsets)
+            grad_coefficients, grad_colors = block_backward(
+                records, plan.basis, terms.colors, grad_tile_colors.index_select(0, block.tiles),
+                grad_tile_log_transmittance.index_select(0, block.tiles), absgrad)
+            grad_table.index_add_(1, terms.gaussian.flatten(),
+                                  _block_terms_backward(terms, grad_coefficients, grad_colors))
+        return grad_table, None
+
+
+def _rasterize_tiles(table: Tensor, rows: TileRows, grid: TileGrid, block_elements: int, checkpoint_elements: int,
+                     slab_rows: int, absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
     blocks = plan_blocks(rows, grid.pixels_per_tile, block_elements)
-    if not blocks:
-        return all_colors, all_log_transmittance
-    pixel_offsets = grid.pixel_offsets(dtype, device)
-    basis = _quadratic_basis(pixel_offsets)
-    # One gather for all blocks (its backward is one scatter), then a view per block.
-    index = torch.cat([block.rows.flatten() for block in blocks])
-    sizes = [block.rows.numel() for block in blocks]
-    block_exponents = row_exponent.index_select(0, index).split(sizes)
-    block_colors = row_colors.index_select(0, index).split(sizes)
-    absgrad_targets = _absgrad_targets(absgrad_buffer, row_geometry, rows, index, sizes, blocks, pixel_offsets)
-    use_checkpoint = sum(sizes) * grid.pixels_per_tile > checkpoint_elements and torch.is_grad_enabled()
-    tile_colors, tile_log_transmittance = [], []
-    for block, exponent, colors, absgrad in zip(blocks, block_exponents, block_colors, absgrad_targets, strict=True):
-        args = (exponent.view(*block.rows.shape, 6), basis, colors.view(*block.rows.shape, channels), slab_rows,
-                absgrad)
-        colors, log_transmittance = (checkpoint(composite_block, *args, use_reentrant=False)
-                                     if use_checkpoint else composite_block(*args))
-        tile_colors.append(colors)
-        tile_log_transmittance.append(log_transmittance)
-    tiles = torch.cat([block.tiles for block in blocks])
-    all_colors = all_colors.index_copy(0, tiles, torch.cat(tile_colors))
-    all_log_transmittance = all_log_transmittance.index_copy(0, tiles, torch.cat(tile_log_transmittance))
-    return all_colors, all_log_transmittance
-
-
-def _absgrad_targets(buffer: Tensor | None, row_geometry: Tensor, rows: TileRows, index: Tensor, sizes: list[int],
-                     blocks: list[TileBlock], pixel_offsets: Tensor) -> list[AbsGradTarget | None]:
-    if buffer is None:
-        return [None] * len(blocks)
-    gaussian = torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)]).index_select(0, index).split(sizes)
-    geometry = row_geometry.index_select(0, index).split(sizes)
-    return [AbsGradTarget(buffer, ids.view(block.rows.shape), geo.view(*block.rows.shape, 5), pixel_offsets)
-            for block, ids, geo in zip(blocks, gaussian, geometry, strict=True)]
+    pixel_offsets = grid.pixel_offsets(table.dtype, table.device)
+    total_elements = sum(block.rows.numel() for block in blocks) * grid.pixels_per_tile
+    plan = _RasterPlan(grid, blocks, torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)]),
+                       _quadratic_basis(pixel_offsets), pixel_offsets, slab_rows,
+                       recompute=total_elements > checkpoint_elements, absgrad_buffer=absgrad_buffer)
+    return _RasterizeTiles.apply(table, plan)
 
 
 def _quadratic_basis(pixel_offsets: Tensor) -> Tensor:
