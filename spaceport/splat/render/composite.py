@@ -53,7 +53,9 @@ def _slab_forward(coefficients: Tensor, basis: Tensor, colors: Tensor, log_trans
     if clamped:
         alpha.clamp_max_(MAX_ALPHA)
     F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)  # alpha <= 1/255 contributes nothing
-    log_transmittance = (1.0 - alpha).log_().cumsum_(dim=1).add_(log_transmittance_in[:, None, :])
+    log_survival = (1.0 - alpha).log_()
+    log_survival[:, 0] += log_transmittance_in  # so that the running sum starts from what came in
+    log_transmittance = torch.cumsum(log_survival, dim=1)  # after each row
     stopped_out = stopped_in | (log_transmittance[:, -1, :] <= LOG_TRANSMITTANCE_STOP)
     if bool(stopped_out.any()):
         kept = (log_transmittance > LOG_TRANSMITTANCE_STOP).logical_and_(~stopped_in[:, None, :])  # prefixes
@@ -63,9 +65,8 @@ def _slab_forward(coefficients: Tensor, basis: Tensor, colors: Tensor, log_trans
                                             log_transmittance_in)
     else:
         log_transmittance_out = log_transmittance[:, -1, :].clone()
-    # Transmittance before each row: shift by one row; the slab's first row sees what came in.
-    transmittance = log_transmittance.roll(1, dims=1)
-    transmittance[:, 0, :] = log_transmittance_in
+    transmittance = torch.sub(log_transmittance, log_survival, out=log_survival)  # log T before each row
+    transmittance[:, 0] += log_transmittance_in
     weights = transmittance.exp_().mul_(alpha)
     tile_colors = torch.matmul(weights.transpose(1, 2), colors)  # (T, P, D)
     return tile_colors, log_transmittance_out, stopped_out, alpha, weights, clamped
@@ -138,8 +139,8 @@ def block_forward(coefficients: Tensor, basis: Tensor, colors: Tensor,
     for first in range(0, n_rows, slab_rows):
         rows = slice(first, first + slab_rows)
         slab_colors, slab_log_transmittance, slab_stopped, alpha, weights, clamped = _slab_forward(
-            coefficients[:, rows].index_select(0, active), basis, colors[:, rows].index_select(0, active),
-            log_transmittance.index_select(0, active), stopped.index_select(0, active))
+            _take(coefficients[:, rows], active), basis, _take(colors[:, rows], active),
+            _take(log_transmittance, active), _take(stopped, active))
         tile_colors.index_add_(0, active, slab_colors)
         log_transmittance.index_copy_(0, active, slab_log_transmittance)
         stopped.index_copy_(0, active, slab_stopped)
@@ -161,13 +162,18 @@ def block_backward(records: list[SlabRecord], basis: Tensor, colors: Tensor, gra
     for record in reversed(records):
         active, rows = record.active, record.rows
         grad_slab_coefficients, grad_slab_colors, grad_carry_in = _slab_backward(
-            record.alpha, record.weights, basis, colors[:, rows].index_select(0, active), record.clamped,
-            grad_colors.index_select(0, active), grad_carry.index_select(0, active),
+            record.alpha, record.weights, basis, _take(colors[:, rows], active), record.clamped,
+            _take(grad_colors, active), _take(grad_carry, active),
             absgrad.select(active, rows) if absgrad is not None else None)
         grad_coefficients[:, rows].index_copy_(0, active, grad_slab_coefficients)
         grad_row_colors[:, rows].index_copy_(0, active, grad_slab_colors)
         grad_carry.index_copy_(0, active, grad_carry_in)
     return grad_coefficients, grad_row_colors
+
+
+def _take(tensor: Tensor, tiles: Tensor) -> Tensor:
+    """The given tiles (first dimension) of ``tensor``; all of them without a copy."""
+    return tensor if tiles.numel() == tensor.shape[0] else tensor.index_select(0, tiles)
 
 
 class _CompositeBlock(torch.autograd.Function):

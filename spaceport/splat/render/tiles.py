@@ -47,15 +47,11 @@ class TileGrid:
     def pixels_per_tile(self) -> int:
         return self.tile_size * self.tile_size
 
-    def corners(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """(n_tiles, 2) pixel coordinates of every tile's top-left corner (look up by tile index)."""
-        tile_x = torch.arange(self.tiles_x, device=device).repeat(self.n_cameras * self.tiles_y)
-        tile_y = torch.arange(self.tiles_y, device=device).repeat_interleave(self.tiles_x).repeat(self.n_cameras)
-        return (torch.stack([tile_x, tile_y], dim=-1) * self.tile_size).to(dtype)
-
     def centers(self, tiles: Tensor, dtype: torch.dtype) -> Tensor:
-        """(R, 2) pixel coordinates of the centres of global tile indices (R,)."""
-        return self.corners(dtype, tiles.device).index_select(0, tiles) + self.tile_size / 2
+        """(T, 2) pixel coordinates of the centres of global tile indices (T,)."""
+        in_image = tiles % self.tiles_per_image
+        tile_xy = torch.stack([in_image % self.tiles_x, in_image // self.tiles_x], dim=-1)
+        return (tile_xy * self.tile_size).to(dtype) + self.tile_size / 2
 
     def pixel_offsets(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """(2, P) offsets (u, v) of a tile's pixel centres from the tile centre, row-major."""

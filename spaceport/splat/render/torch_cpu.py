@@ -154,7 +154,7 @@ def _block_terms(table: Tensor, block: TileBlock, plan: _RasterPlan) -> _BlockTe
     coefficients = torch.stack([constant.masked_fill_(padding, PADDING_EXPONENT), slope_x, slope_y,
                                 -0.5 * conic_xx, -conic_xy, -0.5 * conic_yy], dim=-1)
     return _BlockTerms(gaussian, offset_x, offset_y, (conic_xx, conic_xy, conic_yy), (slope_x, slope_y),
-                       coefficients, features[6:].permute(1, 2, 0))
+                       coefficients, features[6:].permute(1, 2, 0).contiguous())
 
 
 def _block_terms_backward(terms: _BlockTerms, grad_coefficients: Tensor, grad_colors: Tensor) -> Tensor:
