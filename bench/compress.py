@@ -8,7 +8,9 @@ Input: ``random_gaussians(N, sh_degree=3)`` written as an INRIA PLY (or ``--ply`
 each size by a seeded random subset). Each row times one whole PLY -> .sog conversion as the CLI does it
 (read, sort, quantize, WebP, write); ours reports its split too. splat-transform runs as
 ``splat-transform -g cpu -i ITERATIONS in.ply out.sog`` from tests/js (``npm ci --prefix tests/js``).
-Sizes where splat-transform also ran get the speed-up on the same input. Writes
+Sizes where splat-transform also ran get the speed-up on the same input, in wall-clock seconds and in
+CPU seconds (user + system of every thread; steadier than wall time on a machine shared with other
+work). Writes
 bench/results/compress_<device>.json (or ``--out``).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import subprocess
 import tempfile
 import time
@@ -51,11 +54,12 @@ def make_input(size: int, source: Gaussians | None, folder: Path, seed: int) -> 
 
 
 def run_ours(ply: Path, out: Path, device: str, config: dict) -> dict:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = compress_ply(ply, out, CompressConfig(device=device, **config), NullProgress())
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     metrics = result.metrics
     return {"tool": "spaceport", "device": device, "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2),
             "sog_bytes": metrics["sog_bytes"], "ply_bytes": metrics["ply_bytes"],
             "neighbour_before": metrics["neighbour_distance_before"],
             "neighbour_after": metrics["neighbour_distance_after"],
@@ -66,7 +70,7 @@ def run_splat_transform(ply: Path, out: Path, iterations: int, timeout: float) -
     if not SPLAT_TRANSFORM.exists():
         raise SystemExit(f"{SPLAT_TRANSFORM} missing: run `npm ci --prefix tests/js`")
     command = [str(SPLAT_TRANSFORM), "-q", "-w", "-g", "cpu", "-i", str(iterations), str(ply), str(out)]
-    started = time.perf_counter()
+    started, children_started = time.perf_counter(), _children_cpu_seconds()
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -74,7 +78,13 @@ def run_splat_transform(ply: Path, out: Path, iterations: int, timeout: float) -
                 "iterations": iterations, "ply_bytes": ply.stat().st_size}
     seconds = time.perf_counter() - started
     return {"tool": "splat-transform", "device": "cpu", "seconds": round(seconds, 2),
+            "cpu_seconds": round(_children_cpu_seconds() - children_started, 2),
             "iterations": iterations, "sog_bytes": out.stat().st_size, "ply_bytes": ply.stat().st_size}
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def warm_up(device: str, folder: Path) -> None:
@@ -84,8 +94,8 @@ def warm_up(device: str, folder: Path) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'N':>9} {'tool':<16} {'device':<6} {'seconds':>9} {'PLY MB':>8} {'SOG MB':>8} {'ratio':>6} " \
-             f"{'speed-up':>9} {'neighbour dist.':>16}"
+    header = f"{'N':>9} {'tool':<16} {'device':<6} {'seconds':>9} {'CPU s':>8} {'PLY MB':>8} {'SOG MB':>8} " \
+             f"{'ratio':>6} {'speed-up':>9} {'CPU-s speed-up':>15} {'neighbour dist.':>16}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -93,9 +103,13 @@ def print_table(rows: list[dict]) -> None:
         sog = row.get("sog_bytes")
         ratio = f"{row['ply_bytes'] / sog:.1f}" if sog else "-"
         speedup = f"{row['speedup_vs_splat_transform']:.1f}x" if row.get("speedup_vs_splat_transform") else ""
+        cpu_speedup = f"{row['cpu_speedup_vs_splat_transform']:.1f}x" if row.get("cpu_speedup_vs_splat_transform") \
+            else ""
         neighbour = f"{row['neighbour_before']:.2f}->{row['neighbour_after']:.2f}" if "neighbour_after" in row else ""
-        print(f"{row['n']:>9} {row['tool']:<16} {row['device']:<6} {seconds:>9} {row['ply_bytes'] / 1e6:>8.1f} "
-              f"{(sog or 0) / 1e6:>8.2f} {ratio:>6} {speedup:>9} {neighbour:>16}")
+        cpu = f"{row['cpu_seconds']:.1f}" if row.get("cpu_seconds") is not None else "-"
+        print(f"{row['n']:>9} {row['tool']:<16} {row['device']:<6} {seconds:>9} {cpu:>8} "
+              f"{row['ply_bytes'] / 1e6:>8.1f} {(sog or 0) / 1e6:>8.2f} {ratio:>6} {speedup:>9} {cpu_speedup:>15} "
+              f"{neighbour:>16}")
 
 
 def main() -> None:
@@ -133,11 +147,12 @@ def main() -> None:
                                                      args.st_timeout))
             for device in devices:
                 size_rows.append(run_ours(ply, folder / f"ours_{size}_{device}.sog", device, config))
-            reference = next((r["seconds"] for r in size_rows if r["tool"] == "splat-transform"), None)
+            reference = next((r for r in size_rows if r["tool"] == "splat-transform" and r["seconds"]), None)
             for row in size_rows:
                 row["n"] = size
                 if reference and row["tool"] == "spaceport":
-                    row["speedup_vs_splat_transform"] = round(reference / row["seconds"], 1)
+                    row["speedup_vs_splat_transform"] = round(reference["seconds"] / row["seconds"], 1)
+                    row["cpu_speedup_vs_splat_transform"] = round(reference["cpu_seconds"] / row["cpu_seconds"], 1)
                 print(json.dumps(row), flush=True)
             rows.extend(size_rows)
             ply.unlink()

@@ -390,6 +390,22 @@ def test_run_compress_without_a_ply(tmp_path: Path) -> None:
         run_compress(ws, CompressConfig(), NullProgress())
 
 
+def test_pipeline_steps_compress_from_a_ply(tmp_path: Path) -> None:
+    """`spaceport run X.ply --steps compress`: the pipeline imports the PLY, runs the stage, marks it done."""
+    from spaceport.pipeline import PipelineConfig, run_pipeline
+
+    ply = tmp_path / "trained.ply"
+    write_ply(ply, random_gaussians(COUNT, sh_degree=2, seed=17))
+    ws = Workspace(tmp_path / "job")
+    config = PipelineConfig(steps="compress", stages={"compress": {**FAST, "sh_bands": 1}})
+    (result,) = run_pipeline(ws, config, lambda stage, logger: NullProgress(logger), source=ply)
+    assert result.stage == "compress" and ws.is_done("compress")
+    assert read_sog(ws.sog_path).sh_degree == 1
+    assert ws.stage_result("compress").metrics["num_gaussians"] == COUNT
+    (again,) = run_pipeline(ws, config, lambda stage, logger: NullProgress(logger), source=ply)
+    assert again.skipped
+
+
 def test_config_rejects_bad_values() -> None:
     from pydantic import ValidationError
 
