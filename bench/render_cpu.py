@@ -4,14 +4,17 @@
 
 Scene: N Gaussians filling the camera frustum between depths 2.5 and 6 (random rotations, log-scales
 uniform in [-5, -3], opacities sigmoid(N(0, 1.5)), SH degree 3), one camera of W x H px with fx = 0.94 W.
-Reports the median over repeats (after one warm-up) and the work: visible Gaussians, tile rows and
-(row, pixel) pairs evaluated. Writes bench/results/render_cpu.json.
+Reports wall time (median and min over repeats, after one warm-up), the process CPU time of the fastest
+repeat (all threads; less sensitive to other jobs on a shared machine) and the work: visible Gaussians,
+tile size chosen, tile rows, (row, pixel) pairs. The 1-minute load average is recorded beside each case.
+Writes bench/results/render_cpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -44,27 +47,29 @@ def frustum_scene(n: int, width: int, height: int, seed: int = 0) -> dict[str, t
     }
 
 
-def time_step(scene: dict[str, torch.Tensor], width: int, height: int) -> tuple[float, float, dict]:
+def time_step(scene: dict[str, torch.Tensor], width: int, height: int) -> tuple[float, float, float, dict]:
     params = {k: scene[k].clone().requires_grad_(True) for k in ("means", "quats", "log_scales",
                                                                  "logit_opacities", "sh")}
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     image, alpha, info = render(params["means"], params["quats"], torch.exp(params["log_scales"]),
                                 torch.sigmoid(params["logit_opacities"]), params["sh"], scene["viewmats"],
                                 scene["Ks"], width, height, sh_degree=SH_DEGREE, backend="torch")
     forward = time.perf_counter() - start
     (image.mean() + alpha.mean()).backward()
-    total = time.perf_counter() - start
-    return forward, total, {"alpha_mean": alpha.mean().item(), "info": info}
+    total, total_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return forward, total, total_cpu, {"alpha_mean": alpha.mean().item(), "info": info}
 
 
 def run_case(n: int, width: int, height: int, repeats: int) -> dict:
     scene = frustum_scene(n, width, height)
     time_step(scene, width, height)  # warm-up
-    forwards, totals = [], []
+    forwards, totals, cpu_times = [], [], []
+    load_before = os.getloadavg()[0]
     for _ in range(repeats):
-        forward, total, extra = time_step(scene, width, height)
+        forward, total, total_cpu, extra = time_step(scene, width, height)
         forwards.append(forward)
         totals.append(total)
+        cpu_times.append(total_cpu)
     info = extra["info"]
     visible = int((info["radii"] > 0).all(dim=-1).sum())
     rows = int(info["tiles_per_gauss"].sum())
@@ -73,7 +78,8 @@ def run_case(n: int, width: int, height: int, repeats: int) -> dict:
         "tile_size": info["tile_size"], "row_pixel_pairs": rows * info["tile_size"] ** 2,
         "alpha_mean": round(extra["alpha_mean"], 4),
         "forward_s": statistics.median(forwards), "forward_backward_s": statistics.median(totals),
-        "forward_backward_min_s": min(totals),
+        "forward_backward_min_s": min(totals), "forward_backward_cpu_s": cpu_times[totals.index(min(totals))],
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -87,12 +93,13 @@ def main() -> None:
 
     results = [run_case(n, width, height, args.repeats) for n, width, height in CASES]
     print(f"{'gaussians':>9} {'size':>9} {'visible':>8} {'tile':>4} {'rows':>8} {'pairs':>10} {'alpha':>6} "
-          f"{'fwd s':>7} {'fwd+bwd s':>9} {'min s':>7}")
+          f"{'fwd s':>7} {'fwd+bwd s':>9} {'min s':>7} {'cpu s':>7} {'load':>5}")
     for r in results:
         print(f"{r['gaussians']:>9} {r['width']:>4}x{r['height']:<4} {r['visible']:>8} {r['tile_size']:>4} "
               f"{r['tile_rows']:>8} "
               f"{r['row_pixel_pairs']:>10} {r['alpha_mean']:>6.3f} {r['forward_s']:>7.3f} "
-              f"{r['forward_backward_s']:>9.3f} {r['forward_backward_min_s']:>7.3f}")
+              f"{r['forward_backward_s']:>9.3f} {r['forward_backward_min_s']:>7.3f} "
+              f"{r['forward_backward_cpu_s']:>7.3f} {r['load_average_1min'][1]:>5.1f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or
               platform.machine(), "repeats": args.repeats, "cases": results}
