@@ -252,11 +252,11 @@ def test_tile_size_and_block_size_do_not_change_image_or_gradients():
     params = {k: scene[k].clone().requires_grad_(True) for k in ("means", "scales", "opacities", "colors")}
     weights = torch.randn(1, 24, 32, 3, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
     results = []
-    for tile_size, block_elements, checkpoint_elements, slab_rows in [(8, 1 << 22, 1 << 26, 32),
+    for tile_size, block_elements, recompute_elements, slab_rows in [(8, 1 << 22, 1 << 26, 32),
                                                                       (4, 64, 1 << 26, 3), (16, 512, 1000, 1)]:
         args = [{**scene, **params}[k] for k in ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks")]
         image, alpha, _ = render_torch(*args, 32, 24, sh_degree=1, tile_size=tile_size, slab_rows=slab_rows,
-                                       block_elements=block_elements, checkpoint_elements=checkpoint_elements)
+                                       block_elements=block_elements, recompute_elements=recompute_elements)
         gradients = torch.autograd.grad((image * weights).sum() + alpha.sum(), list(params.values()))
         results.append([image, alpha, *gradients])
     for other in results[1:]:

@@ -4,6 +4,8 @@ Both follow ``gsplat.rasterization`` 1.5.3 with packed=False, rasterize_mode="cl
 camera_model="pinhole". ``info`` carries what gsplat's DefaultStrategy and MCMCStrategy read
 (``means2d`` with pixel-unit gradients and, with ``absgrad=True``, ``means2d.absgrad``; ``radii`` (C, N, 2)
 int32; ``width``; ``height``; ``n_cameras``; ``gaussian_ids`` None) plus ``depths``, ``conics``, ``opacities``.
+The torch backend's ``tile_size`` is chosen per frame and its ``tiles_per_gauss`` counts only the tiles a
+Gaussian's alpha >= 1/255 ellipse reaches (gsplat counts its whole pixel box); neither changes the image.
 """
 
 from __future__ import annotations

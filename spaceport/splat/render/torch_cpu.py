@@ -4,7 +4,7 @@ Steps: project (``projection.py``) -> colours from SH -> bin into tiles (``tiles
 (tile, Gaussian), the exponent log(opacity) - sigma at the tile's P pixels as one matrix product, since
 sigma is a quadratic in the pixel offset -> composite dense blocks of tiles (``composite.py``) ->
 scatter tiles back into images. Blocks are bounded in size; when the whole frame holds more (row, pixel)
-pairs than ``checkpoint_elements``, the backward recomputes each block's forward instead of keeping it,
+pairs than ``recompute_elements``, the backward recomputes each block's forward instead of keeping it,
 so memory stays bounded by one block.
 """
 
@@ -24,7 +24,7 @@ TILE_SIZES = (4, 8, 16)  # candidates for tile_size=None; the cheapest for the f
 ROW_OVERHEAD = 4  # cost of a row beyond its pixels, in pixel evaluations (fitted to CPU timings)
 DEFAULT_SLAB_ROWS = 32  # rows composited at once per tile; tiles whose pixels all stopped drop out between slabs
 DEFAULT_BLOCK_ELEMENTS = 1 << 22  # (row, pixel) pairs evaluated at once
-DEFAULT_CHECKPOINT_ELEMENTS = 1 << 26  # above this many pairs per frame, recompute blocks in backward
+DEFAULT_RECOMPUTE_ELEMENTS = 1 << 26  # above this many pairs per frame, recompute blocks in backward
 PADDING_EXPONENT = -1e4  # exp() of it is 0: padding rows are transparent
 
 
@@ -47,13 +47,13 @@ def render_torch(
     absgrad: bool = False,
     tile_size: int | None = None,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
-    checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS,
+    recompute_elements: int = DEFAULT_RECOMPUTE_ELEMENTS,
     slab_rows: int = DEFAULT_SLAB_ROWS,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C images; same arguments, outputs and ``info`` as ``spaceport.splat.render.render``.
 
     ``tile_size`` (None: chosen per frame from the Gaussians' screen sizes), ``block_elements``,
-    ``checkpoint_elements`` and ``slab_rows`` trade speed for memory; they do not change the result.
+    ``recompute_elements`` and ``slab_rows`` trade speed for memory; they do not change the result.
     """
     n_cameras, n_gaussians = viewmats.shape[0], means.shape[0]
     projection = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height,
@@ -74,7 +74,7 @@ def render_torch(
                        point_colors.reshape(-1, point_colors.shape[-1]).T])
     absgrad_buffer = torch.zeros_like(projection.means2d) if absgrad else None
     tile_colors, tile_log_transmittance = _rasterize_tiles(
-        table, rows, grid, block_elements, checkpoint_elements, slab_rows,
+        table, rows, grid, block_elements, recompute_elements, slab_rows,
         absgrad_buffer.view(-1, 2) if absgrad else None,
     )
     render_colors, render_alphas = _tiles_to_images(tile_colors, tile_log_transmittance, backgrounds, grid)
@@ -217,14 +217,14 @@ class _RasterizeTiles(torch.autograd.Function):
         return grad_table, None
 
 
-def _rasterize_tiles(table: Tensor, rows: TileRows, grid: TileGrid, block_elements: int, checkpoint_elements: int,
+def _rasterize_tiles(table: Tensor, rows: TileRows, grid: TileGrid, block_elements: int, recompute_elements: int,
                      slab_rows: int, absgrad_buffer: Tensor | None) -> tuple[Tensor, Tensor]:
     blocks = plan_blocks(rows, grid.pixels_per_tile, block_elements)
     pixel_offsets = grid.pixel_offsets(table.dtype, table.device)
     total_elements = sum(block.rows.numel() for block in blocks) * grid.pixels_per_tile
     plan = _RasterPlan(grid, blocks, torch.cat([rows.gaussian, rows.gaussian.new_zeros(1)]),
                        _quadratic_basis(pixel_offsets), pixel_offsets, slab_rows,
-                       recompute=total_elements > checkpoint_elements, absgrad_buffer=absgrad_buffer)
+                       recompute=total_elements > recompute_elements, absgrad_buffer=absgrad_buffer)
     return _RasterizeTiles.apply(table, plan)
 
 
