@@ -1,6 +1,6 @@
 """Forward + backward time of the pure-PyTorch renderer on the CPU.
 
-    python bench/render_cpu.py [--repeats 5] [--threads 2]
+    python bench/render_cpu.py [--repeats 5] [--threads 2 [1 ...]]
 
 Scene: N Gaussians filling the camera frustum between depths 2.5 and 6 (random rotations, log-scales
 uniform in [-5, -3], opacities sigmoid(N(0, 1.5)), SH degree 3), one camera of W x H px with fx = 0.94 W.
@@ -8,6 +8,9 @@ Reports wall time (median and min over repeats, after one warm-up), the process 
 repeat (all threads; less sensitive to other jobs on a shared machine) and the work: visible Gaussians,
 tile size chosen, tile rows, (row, pixel) pairs. The 1-minute load average is recorded beside each case.
 Writes bench/results/render_cpu.json.
+
+On a machine shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: with OpenMP's default spinning,
+every parallel op waits for a descheduled peer thread and 2 threads can be 5x slower than 1.
 """
 
 from __future__ import annotations
@@ -86,23 +89,24 @@ def run_case(n: int, width: int, height: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="torch thread counts to run with")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "render_cpu.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    results = [run_case(n, width, height, args.repeats) for n, width, height in CASES]
-    print(f"{'gaussians':>9} {'size':>9} {'visible':>8} {'tile':>4} {'rows':>8} {'pairs':>10} {'alpha':>6} "
-          f"{'fwd s':>7} {'fwd+bwd s':>9} {'min s':>7} {'cpu s':>7} {'load':>5}")
+    results = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        results += [{"threads": threads, **run_case(n, width, height, args.repeats)} for n, width, height in CASES]
+    print(f"{'threads':>7} {'gaussians':>9} {'size':>9} {'visible':>8} {'tile':>4} {'rows':>8} {'pairs':>10} "
+          f"{'alpha':>6} {'fwd s':>7} {'fwd+bwd s':>9} {'min s':>7} {'cpu s':>7} {'load':>5}")
     for r in results:
-        print(f"{r['gaussians']:>9} {r['width']:>4}x{r['height']:<4} {r['visible']:>8} {r['tile_size']:>4} "
-              f"{r['tile_rows']:>8} "
-              f"{r['row_pixel_pairs']:>10} {r['alpha_mean']:>6.3f} {r['forward_s']:>7.3f} "
-              f"{r['forward_backward_s']:>9.3f} {r['forward_backward_min_s']:>7.3f} "
+        print(f"{r['threads']:>7} {r['gaussians']:>9} {r['width']:>4}x{r['height']:<4} {r['visible']:>8} "
+              f"{r['tile_size']:>4} {r['tile_rows']:>8} {r['row_pixel_pairs']:>10} {r['alpha_mean']:>6.3f} "
+              f"{r['forward_s']:>7.3f} {r['forward_backward_s']:>9.3f} {r['forward_backward_min_s']:>7.3f} "
               f"{r['forward_backward_cpu_s']:>7.3f} {r['load_average_1min'][1]:>5.1f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or
-              platform.machine(), "repeats": args.repeats, "cases": results}
+    report = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "machine": platform.processor() or
+              platform.machine(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "repeats": args.repeats,
+              "cases": results}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 
