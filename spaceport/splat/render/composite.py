@@ -31,7 +31,7 @@ LOG_TRANSMITTANCE_STOP = math.log(1e-4)
 
 @dataclass
 class AbsGradTarget:
-    """Where ``composite``'s backward accumulates gsplat's ``absgrad`` (AbsGS): per Gaussian, the sum over
+    """Where the compositing backward accumulates gsplat's ``absgrad`` (AbsGS): per Gaussian, the sum over
     pixels of |d loss / d means2d| of each pixel's own contribution."""
 
     buffer: Tensor  # (C*N, 2), accumulated into
