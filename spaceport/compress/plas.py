@@ -25,6 +25,7 @@ from itertools import permutations
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from spaceport.splat.ply import Gaussians
@@ -41,9 +42,10 @@ class PlasSchedule:
     min_block_side: int = 4
 
 
-@dataclass(frozen=True)
-class FeatureWeights:
+class FeatureWeights(BaseModel):
     """How much each attribute counts when deciding which Gaussians are neighbours (after standardizing)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     position: float = 1.0
     colour: float = 1.0

@@ -42,6 +42,8 @@ class CompressConfig(BaseModel):
     sort: Literal["plas", "morton", "none"] = Field("plas", description="order of splats in the textures")
     sort_iterations: int = Field(4, ge=1, le=64, description="PLAS improvement steps per blur radius")
     sort_radius_shrink: float = Field(0.9, gt=0.1, lt=1.0, description="PLAS radius factor per round")
+    sort_weights: FeatureWeights = Field(default_factory=FeatureWeights,
+                                         description="weight of each attribute in the PLAS sort")
     seed: int = 0
     unbundled: bool = Field(False, description="also write meta.json + .webp files beside the .sog")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -93,7 +95,7 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     width, _ = texture_size(len(splat))
-    features = sorting_features(splat, FeatureWeights(), device)
+    features = sorting_features(splat, config.sort_weights, device)
     order, before, after = _order(splat, features, width, config, progress)
     seconds["sort"] = time.perf_counter() - started
     progress.log(f"compress: {config.sort} order, neighbour distance {before:.3f} -> {after:.3f} "
