@@ -409,7 +409,8 @@ def test_pipeline_steps_compress_from_a_ply(tmp_path: Path) -> None:
 def test_config_rejects_bad_values() -> None:
     from pydantic import ValidationError
 
-    for bad in ({"sh_bands": 4}, {"palette_size": 70000}, {"device": "tpu"}, {"sort": "random"}):
+    for bad in ({"sh_bands": 4}, {"palette_size": 70000}, {"device": "tpu"}, {"sort": "random"},
+                {"sort_weights": {"position": 0}}, {"sort_weights": {"colour": -1}}):
         with pytest.raises(ValidationError):
             CompressConfig(**bad)
 
@@ -421,7 +422,7 @@ def test_cuda_matches_cpu_quality_and_is_deterministic(tmp_path: Path) -> None:
     for name, device in (("cpu", "cpu"), ("cuda", "cuda"), ("cuda_again", "cuda")):
         out = tmp_path / f"{name}.sog"
         outcome = compress_splat(splat, out, CompressConfig(device=device), NullProgress())
-        assert outcome.neighbour_distance_after < 0.65 * outcome.neighbour_distance_before
+        assert outcome.neighbour_distance_after < outcome.neighbour_distance_before
         assert_within_quantization(read_sog(out), splat.subset(outcome.order), sog_meta(out),
                                    palette_is_exact=False)
         sizes[name] = out.read_bytes()

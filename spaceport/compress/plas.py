@@ -25,7 +25,7 @@ from itertools import permutations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from spaceport.splat.ply import Gaussians
@@ -43,15 +43,32 @@ class PlasSchedule:
 
 
 class FeatureWeights(BaseModel):
-    """How much each attribute counts when deciding which Gaussians are neighbours (after standardizing)."""
+    """How much each attribute counts when deciding which Gaussians are neighbours (after standardizing).
+
+    The default sorts by position alone. Measured on a trained splat (monstree CPU preview, 38k Gaussians)
+    with lossless WebP: weighting colour, opacity, scale and rotation as well (1, 1, 0.5, 0.5, 0.25) makes
+    the neighbour distance over all attributes smaller but the .sog 3% larger, because the texture that
+    compresses best (the high bytes of the positions: long runs when neighbours share them) loses far
+    more than the colour and scale textures gain; even a colour weight of 0.15 costs more than it saves.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    position: float = 1.0
-    colour: float = 1.0
-    opacity: float = 0.5
-    scale: float = 0.5
-    rotation: float = 0.25
+    position: float = Field(1.0, ge=0)
+    colour: float = Field(0.0, ge=0)
+    opacity: float = Field(0.0, ge=0)
+    scale: float = Field(0.0, ge=0)
+    rotation: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _something_counts(self) -> FeatureWeights:
+        if not any(getattr(self, name) > 0 for name in type(self).model_fields):
+            raise ValueError("at least one attribute weight must be positive")
+        return self
+
+
+# the neighbour-distance metric weighs every attribute group alike, whatever the sort used
+METRIC_WEIGHTS = FeatureWeights(position=1, colour=1, opacity=1, scale=1, rotation=1)
 
 
 @dataclass
@@ -63,7 +80,8 @@ class PlasResult:
 
 def sorting_features(g: Gaussians, weights: FeatureWeights = FeatureWeights(),
                      device: torch.device | str = "cpu") -> Tensor:
-    """(N, 14) float32 features: each attribute group standardized as a whole, then weighted."""
+    """(N, D) float32 features: each attribute group with a positive weight (position 3, colour 3,
+    opacity 1, scale 3, rotation 4 columns) standardized as a whole, then weighted."""
     means = torch.as_tensor(g.means, device=device)
     log_means = torch.sign(means) * torch.log1p(means.abs())  # the transform SOG stores positions in
     quats = torch.nn.functional.normalize(torch.as_tensor(g.quats, device=device), dim=1)
@@ -76,7 +94,7 @@ def sorting_features(g: Gaussians, weights: FeatureWeights = FeatureWeights(),
         (torch.as_tensor(g.scales, device=device), weights.scale),
         (quats, weights.rotation),
     ]
-    return torch.cat([_standardize(values.float()) * weight for values, weight in groups], dim=1)
+    return torch.cat([_standardize(values.float()) * weight for values, weight in groups if weight > 0], dim=1)
 
 
 def _standardize(values: Tensor) -> Tensor:

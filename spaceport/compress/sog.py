@@ -49,8 +49,17 @@ def texture_size(count: int) -> tuple[int, int]:
 
 
 def default_palette_size(count: int) -> int:
-    """splat-transform's SH palette size: min(64, 2^floor(log2(N / 1024))) * 1024, at least 1024."""
-    exponent = math.floor(math.log2(max(count, 1) / 1024)) if count >= 1024 else 0
+    """SH palette entries when none is asked for: the power of two nearest below count / 8, within
+    1,024 .. 65,536. (splat-transform: min(64, 2^floor(log2(N / 1024))) * 1024, which is about one entry
+    per splat below 65k splats.) Measured on a trained 38k-splat preview: 4,096 entries instead of
+    splat-transform's 32,768 made the .sog a quarter smaller for < 0.01 dB on held-out photos."""
+    eighth = max(count // 8, 1)
+    return min(MAX_PALETTE, max(1024, 2 ** (eighth.bit_length() - 1)))
+
+
+def splat_transform_palette_size(count: int) -> int:
+    """splat-transform 2.7.1's palette size, for comparisons."""
+    exponent = math.floor(math.log2(count / 1024)) if count >= 1024 else 0
     return min(64, 2**exponent) * 1024
 
 
@@ -64,9 +73,13 @@ class SogContent:
 
 @dataclass(frozen=True)
 class WebpOptions:
-    """Pillow's lossless WebP settings: ``method`` 0-6 and ``quality`` 0-100 trade time for size."""
+    """Pillow's lossless WebP settings: ``method`` 0-6 and ``quality`` 0-100 trade time for size.
 
-    method: int = 4
+    Measured on SOG textures (a trained 38k-splat preview and 50k random splats): method 3 / quality 50
+    is within 0.3% of the smallest setting short of method 6 / quality 100 (1% smaller, 250x slower),
+    and 3x faster than method 4 (libwebp's default)."""
+
+    method: int = 3
     quality: int = 50
     threads: int = field(default_factory=lambda: min(7, os.cpu_count() or 1))  # 7 images at most
 

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from spaceport.compress.plas import (
+    METRIC_WEIGHTS,
     FeatureWeights,
     PlasSchedule,
     neighbour_distance,
@@ -36,8 +37,8 @@ class CompressConfig(BaseModel):
 
     sh_bands: int = Field(3, ge=0, le=3, description="SH bands kept (0-3); lowered to what the PLY holds")
     palette_size: int | None = Field(None, ge=1, le=MAX_PALETTE,
-                                     description="SH palette entries; None: splat-transform's rule "
-                                                 "(1024..65536 growing with the splat count)")
+                                     description="SH palette entries; None: about one per 8 splats "
+                                                 "(a power of two, 1024..65536)")
     kmeans_iterations: int = Field(10, ge=0, le=100, description="Lloyd iterations of the SH palette")
     sort: Literal["plas", "morton", "none"] = Field("plas", description="order of splats in the textures")
     sort_iterations: int = Field(4, ge=1, le=64, description="PLAS improvement steps per blur radius")
@@ -47,7 +48,7 @@ class CompressConfig(BaseModel):
     seed: int = 0
     unbundled: bool = Field(False, description="also write meta.json + .webp files beside the .sog")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    webp_method: int = Field(4, ge=0, le=6, description="WebP effort (0 fast .. 6 smallest)")
+    webp_method: int = Field(3, ge=0, le=6, description="WebP effort (0 fast .. 6 smallest)")
     webp_quality: int = Field(50, ge=0, le=100, description="lossless WebP effort within a method")
 
 
@@ -95,9 +96,11 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     width, _ = texture_size(len(splat))
-    features = sorting_features(splat, config.sort_weights, device)
-    order, before, after = _order(splat, features, width, config, progress)
+    order = _order(splat, sorting_features(splat, config.sort_weights, device), width, config, progress)
     seconds["sort"] = time.perf_counter() - started
+    metric_features = sorting_features(splat, METRIC_WEIGHTS, device)
+    before = neighbour_distance(metric_features, torch.arange(len(splat), device=device), width)
+    after = neighbour_distance(metric_features, torch.as_tensor(order, device=device), width)
     progress.log(f"compress: {config.sort} order, neighbour distance {before:.3f} -> {after:.3f} "
                  f"({seconds['sort']:.1f} s on {device})")
 
@@ -115,21 +118,18 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
 
 
 def _order(splat: Gaussians, features: torch.Tensor, width: int, config: CompressConfig,
-           progress: Progress) -> tuple[np.ndarray, float, float]:
-    """Texel order of the splats and the neighbour distance before (input order) and after."""
+           progress: Progress) -> np.ndarray:
+    """Texel order of the splats: order[i] is the input index of the splat at texel i."""
     if config.sort == "plas":
         schedule = PlasSchedule(iterations_per_radius=config.sort_iterations,
                                 radius_shrink=config.sort_radius_shrink)
         with progress.task("sorting (PLAS)", total=None) as task:
             result = plas_sort(features, width, config.seed, schedule,
                                on_round=lambda done, total: task.update(completed=done, total=total))
-        return result.order.cpu().numpy(), result.distance_before, result.distance_after
-    identity = torch.arange(len(splat), device=features.device)
-    before = neighbour_distance(features, identity, width)
-    if config.sort == "none":
-        return identity.cpu().numpy(), before, before
-    order = morton_order(splat.means)
-    return order, before, neighbour_distance(features, torch.as_tensor(order, device=features.device), width)
+        return result.order.cpu().numpy()
+    if config.sort == "morton":
+        return morton_order(splat.means)
+    return np.arange(len(splat))
 
 
 def compress_ply(in_ply: str | Path, out_sog: str | Path, config: CompressConfig,
