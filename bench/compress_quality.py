@@ -3,7 +3,8 @@
     python bench/compress_quality.py --ply WS/train/splat.ply --workspace WS [--max-width 256]
 
 For the held-out views of the workspace's undistorted COLMAP model (every ``--holdout-every``-th image
-sorted by name, as training holds them out), renders the original splat, our SOG decoded, and
+sorted by name, as training holds them out), renders the original splat, our SOG decoded (by default
+twice: PLAS order and Morton order; ``--variant`` picks others), and
 splat-transform's SOG of the same PLY decoded by splat-transform (``-g cpu -i ITERATIONS``; skip it with
 ``--st-iterations 0``), all with a black background as the trainer's evaluation does. Reports file sizes,
 PLY/SOG ratios, PSNR against the photos (and the loss against the original splat's PSNR), and PSNR
@@ -32,6 +33,7 @@ from spaceport.splat.scene import View, load_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLAT_TRANSFORM = ROOT / "tests" / "js" / "node_modules" / ".bin" / "splat-transform"
+DEFAULT_VARIANTS = ["spaceport SOG (PLAS)={}", 'spaceport SOG (Morton)={"sort": "morton"}']
 
 
 def render_views(splat: Gaussians, views: list[View], device: torch.device) -> list[torch.Tensor]:
@@ -68,8 +70,9 @@ def main() -> None:
     parser.add_argument("--max-width", type=int, help="downscale the views (as the training did)")
     parser.add_argument("--device", default="auto", help="compression device: auto | cpu | cuda")
     parser.add_argument("--st-iterations", type=int, default=1, help="splat-transform -i; 0 skips it")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="CompressConfig override, e.g. --set palette_size=8192")
+    parser.add_argument("--variant", action="append", metavar="NAME=JSON",
+                        help="one of our encodings: a name and CompressConfig overrides, e.g. "
+                             "'palette 64k={\"palette_size\": 65536}'; repeatable (default: PLAS and Morton)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compress_quality.json")
     args = parser.parse_args()
 
@@ -81,17 +84,18 @@ def main() -> None:
     photos = [view.image.float() / 255 for view in views]
     original = read_ply(args.ply)
     ply_bytes = args.ply.stat().st_size
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    ours = dict(item.split("=", 1) for item in (args.variant or DEFAULT_VARIANTS))
 
     variants: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="compress_quality_") as tmp:
         folder = Path(tmp)
-        started = time.perf_counter()
-        result = compress_ply(args.ply, folder / "ours.sog", CompressConfig(device=args.device, **overrides),
-                              NullProgress())
-        variants["spaceport SOG"] = {"splat": read_sog(folder / "ours.sog"),
-                                     "bytes": result.metrics["sog_bytes"],
-                                     "encode_seconds": round(time.perf_counter() - started, 2)}
+        for index, (name, overrides) in enumerate(ours.items()):
+            config = CompressConfig(device=args.device, **json.loads(overrides))
+            started = time.perf_counter()
+            result = compress_ply(args.ply, folder / f"ours_{index}.sog", config, NullProgress())
+            variants[name] = {"splat": read_sog(folder / f"ours_{index}.sog"), "bytes": result.metrics["sog_bytes"],
+                              "encode_seconds": round(time.perf_counter() - started, 2),
+                              "config": json.loads(overrides)}
         if args.st_iterations > 0:
             splat, size, seconds = splat_transform_round_trip(args.ply, folder, args.st_iterations)
             variants[f"splat-transform SOG (-i {args.st_iterations})"] = {"splat": splat, "bytes": size,
@@ -102,7 +106,8 @@ def main() -> None:
              "psnr_vs_photos": round(mean_psnr(reference, photos), 3), "psnr_vs_original": None}]
     for name, variant in variants.items():
         images = render_views(variant["splat"], views, render_device)
-        rows.append({"variant": name, "bytes": variant["bytes"], "ratio": round(ply_bytes / variant["bytes"], 2),
+        rows.append({"variant": name, "config": variant.get("config"), "bytes": variant["bytes"],
+                     "ratio": round(ply_bytes / variant["bytes"], 2),
                      "encode_seconds": variant["encode_seconds"],
                      "psnr_vs_photos": round(mean_psnr(images, photos), 3),
                      "psnr_vs_original": round(mean_psnr(images, reference), 3)})
@@ -120,7 +125,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "ply": str(args.ply), "num_gaussians": len(original), "sh_degree": original.sh_degree,
         "views": [view.name for view in views], "view_size": [views[0].width, views[0].height],
-        "held_out": bool(scene.test_views), "config_overrides": overrides, "rows": rows,
+        "held_out": bool(scene.test_views), "rows": rows,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
 
