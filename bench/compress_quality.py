@@ -116,10 +116,10 @@ def main() -> None:
 
     print(f"{len(original)} Gaussians (SH degree {original.sh_degree}), {len(views)} held-out views "
           f"{views[0].width}x{views[0].height}, rendered on {render_device}")
-    print(f"{'variant':<34} {'MB':>8} {'ratio':>7} {'PSNR photos':>12} {'loss dB':>8} {'PSNR vs orig':>13}")
+    print(f"{'variant':<52} {'MB':>8} {'ratio':>7} {'PSNR photos':>12} {'loss dB':>8} {'PSNR vs orig':>13}")
     for row in rows:
         vs_original = "" if row["psnr_vs_original"] is None else f"{row['psnr_vs_original']:.2f}"
-        print(f"{row['variant']:<34} {row['bytes'] / 1e6:>8.2f} {row['ratio']:>7.1f} {row['psnr_vs_photos']:>12.2f} "
+        print(f"{row['variant']:<52} {row['bytes'] / 1e6:>8.2f} {row['ratio']:>7.1f} {row['psnr_vs_photos']:>12.2f} "
               f"{row.get('psnr_loss_db', 0):>8.3f} {vs_original:>13}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

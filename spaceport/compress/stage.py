@@ -40,7 +40,9 @@ class CompressConfig(BaseModel):
                                      description="SH palette entries; None: about one per 8 splats "
                                                  "(a power of two, 1024..65536)")
     kmeans_iterations: int = Field(10, ge=0, le=100, description="Lloyd iterations of the SH palette")
-    sort: Literal["plas", "morton", "none"] = Field("plas", description="order of splats in the textures")
+    sort: Literal["plas", "morton", "none"] = Field(
+        "plas", description="order of splats in the textures: plas (self-organizing grid, see sort_weights), "
+        "morton (3D Z-order, as splat-transform; measured 1.3% smaller on a trained preview), none")
     sort_iterations: int = Field(4, ge=1, le=64, description="PLAS improvement steps per blur radius")
     sort_radius_shrink: float = Field(0.9, gt=0.1, lt=1.0, description="PLAS radius factor per round")
     sort_weights: FeatureWeights = Field(default_factory=FeatureWeights,
