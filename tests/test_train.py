@@ -166,7 +166,8 @@ def test_presets_validate_and_preview_is_cpu_sized():
         apply_preset(name)
     preview = apply_preset("preview")
     assert preview.max_image_width <= 320 and preview.steps <= 5000 and preview.cap_max <= 100_000
-    assert apply_preset("standard").steps == 30_000 and apply_preset("standard").max_image_width is None
+    standard = apply_preset("standard")
+    assert standard.steps == 12_000 and standard.refine_stop == 6_000 and standard.max_image_width is None
     with pytest.raises(SpaceportError, match="unknown train preset"):
         apply_preset("huge")
 
