@@ -22,6 +22,15 @@ STAGES = ("ingest", "sfm", "train", "compress", "report")
 STAGE_DIRS = {"ingest": "images", "sfm": "sfm", "train": "train", "compress": "compress", "report": "report"}
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before worker threads exist
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class SpaceportError(Exception):
     """An error the user can act on: the message names the file and the fix. No traceback is shown."""
 
@@ -47,6 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
