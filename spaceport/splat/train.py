@@ -258,7 +258,8 @@ def train_loop(run: TrainRun, state: TrainingState, stop: StopRequest) -> None:
                 log_step(run, state, mean_loss, rate)
                 task.update(completed=state.step, loss=mean_loss,
                             gaussians=len(state.params["means"]), steps_s=round(rate, 2))
-            if config.eval_every and state.step % config.eval_every == 0 and run.scene.test_views:
+            if (config.eval_every and state.step % config.eval_every == 0 and state.step < config.steps
+                    and run.scene.test_views):  # the final evaluation follows the loop
                 log_evaluation(run, state)
             if state.step % config.checkpoint_every == 0 or state.step == config.steps:
                 save_checkpoint(run, state)
