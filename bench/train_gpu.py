@@ -9,6 +9,8 @@ strategy, so the strategies can run in separate calls (each must fit the device'
 $OUT set (the lent GPU machine) the JSON is copied there too. On that machine:
 
     source bench/gpu_env.sh && python bench/train_gpu.py --images .data_monstree --strategies default
+    source bench/gpu_env.sh && python bench/train_gpu.py --images .data_monstree --strategies default \
+        --set cap_max=300000 --label cap300k        # a variant, kept beside the others in the JSON
 Columns: wall time of run_train, steps/s, final #Gaussians, peak GPU memory, held-out PSNR/SSIM.
 """
 
@@ -34,7 +36,7 @@ from spaceport.splat.config import apply_preset  # noqa: E402
 from spaceport.splat.train import run_train  # noqa: E402
 from spaceport.workspace import Workspace  # noqa: E402
 
-COLUMNS = ["strategy", "wall_s", "steps", "steps_per_second", "num_gaussians", "peak_gpu_mem_gib", "psnr",
+COLUMNS = ["run", "strategy", "wall_s", "steps", "steps_per_second", "num_gaussians", "peak_gpu_mem_gib", "psnr",
            "ssim", "image_width", "image_height"]
 
 
@@ -89,8 +91,8 @@ def prepare_sfm(work: Path, images: Path | None, workspace: Path | None) -> Path
     return ws.root
 
 
-def train_once(sfm_root: Path, work: Path, strategy: str, overrides: dict) -> dict:
-    ws = Workspace(work / f"train_{strategy}")
+def train_once(sfm_root: Path, work: Path, label: str, strategy: str, overrides: dict) -> dict:
+    ws = Workspace(work / f"train_{label}")
     shutil.rmtree(ws.root, ignore_errors=True)
     ws.root.mkdir(parents=True)
     (ws.root / "sfm").symlink_to((sfm_root / "sfm").resolve(), target_is_directory=True)
@@ -99,7 +101,7 @@ def train_once(sfm_root: Path, work: Path, strategy: str, overrides: dict) -> di
     started = time.perf_counter()
     result = run_train(ws, config, PrintProgress())
     wall = time.perf_counter() - started
-    return {"strategy": strategy, "wall_s": round(wall, 1), **result.metrics,
+    return {"run": label, "wall_s": round(wall, 1), **result.metrics, "overrides": overrides,
             "config": config.model_dump(), "device": torch.cuda.get_device_name()}
 
 
@@ -122,16 +124,26 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, help="an existing workspace whose sfm stage is done")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_train"))
     parser.add_argument("--strategies", nargs="+", default=["default", "mcmc"], choices=["default", "mcmc"])
-    parser.add_argument("--steps", type=int, help="override the preset's 30k steps (quick checks)")
+    parser.add_argument("--steps", type=int, help="override the preset's step count (quick checks)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="TrainConfig override (JSON value), e.g. --set cap_max=300000; repeatable")
+    parser.add_argument("--label", default="", help="suffix of the result's key, to compare variants")
     parser.add_argument("--json", type=Path, default=Path("bench/results/train_gpu.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("CUDA is not available: this benchmark trains the standard preset with gsplat on a GPU")
     overrides = {"steps": args.steps} if args.steps else {}
+    for assignment in args.set:
+        field, _, value = assignment.partition("=")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
     sfm_root = prepare_sfm(args.work, args.images, args.workspace)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     for strategy in args.strategies:
-        results[strategy] = train_once(sfm_root, args.work, strategy, overrides)
+        label = f"{strategy}{'_' + args.label if args.label else ''}"
+        results[label] = train_once(sfm_root, args.work, label, strategy, overrides)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print_table(list(results.values()))
