@@ -347,6 +347,26 @@ def test_kmeans_clusters_are_good_and_deterministic() -> None:
         assert kmeans(uneven, k, iterations=2).centroids.shape[0] <= k
 
 
+def test_batched_lloyd_keeps_sets_apart() -> None:
+    """The CUDA path runs many cells' k-means in one padded batch; each set must only see its own points."""
+    from spaceport.compress.kmeans import batched_lloyd
+
+    generator = torch.Generator().manual_seed(1)
+    groups = [torch.randn(n, 6, generator=generator) + 100 * index for index, n in enumerate((300, 57, 8, 120))]
+    ks = [40, 9, 8, 1]
+    results = batched_lloyd(groups, ks, iterations=6, generator=torch.Generator().manual_seed(2))
+    for points, k, result in zip(groups, ks, results, strict=True):
+        assert result.centroids.shape == (k, 6) and result.labels.shape == (len(points),)
+        distances = torch.cdist(points, result.centroids)
+        assert torch.equal(result.labels, distances.argmin(1))
+        # each centroid is the mean of its points (or a point of the set when its cluster is empty)
+        assert (result.centroids - points.mean(0)).abs().max() < 10
+        error = distances.gather(1, result.labels[:, None]).pow(2).mean()
+        assert error < points.var(0).sum()
+    again = batched_lloyd(groups, ks, iterations=6, generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a.labels, b.labels) for a, b in zip(results, again, strict=True))
+
+
 # -- the stage ---------------------------------------------------------------------------------------
 
 
