@@ -159,11 +159,18 @@ def unpack_opacity(packed: np.ndarray) -> np.ndarray:
 
 def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_size: int | None = None,
                kmeans_iterations: int = 10, seed: int = 0, device: torch.device | str = "cpu") -> SogContent:
-    """Quantize ``g`` into SOG images, splat ``order[i]`` at texel i. ``sh_bands`` above the input's
-    degree is lowered to it; ``palette_size`` None uses splat-transform's rule."""
+    """Quantize ``g`` into SOG images with splat ``order[i]`` at texel i. ``sh_bands`` above the input's
+    degree is lowered to it; ``palette_size`` None means ``default_palette_size``.
+
+    Codebooks and the palette do not depend on the order, so everything is computed in input order and only
+    the per-splat bytes are permuted into texel order at the end (no copy of the float attributes)."""
     count = len(g)
     width, height = texture_size(count)
-    g = g.subset(np.asarray(order))
+    order = np.asarray(order)
+
+    def texture(per_splat: np.ndarray) -> np.ndarray:
+        return _texture(per_splat[order], width, height)
+
     means_low, means_high, means_meta = pack_means(g.means)
     scales = quantize_1d(torch.as_tensor(g.scales, device=device))
     colours = quantize_1d(torch.as_tensor(g.sh0, device=device))
@@ -178,16 +185,17 @@ def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_si
     })
     opaque = np.full((count, 1), 255, np.uint8)
     images = content.images
-    images["means_l.webp"] = _texture(np.hstack([means_low, opaque]), width, height)
-    images["means_u.webp"] = _texture(np.hstack([means_high, opaque]), width, height)
-    images["quats.webp"] = _texture(pack_quats(g.quats), width, height)
-    images["scales.webp"] = _texture(np.hstack([scales.labels.cpu().numpy(), opaque]), width, height)
-    sh0 = np.hstack([colours.labels.cpu().numpy(), pack_opacity(g.opacities)[:, None]])
-    images["sh0.webp"] = _texture(sh0, width, height)
+    images["means_l.webp"] = texture(np.hstack([means_low, opaque]))
+    images["means_u.webp"] = texture(np.hstack([means_high, opaque]))
+    images["quats.webp"] = texture(pack_quats(g.quats))
+    images["scales.webp"] = texture(np.hstack([scales.labels.cpu().numpy(), opaque]))
+    images["sh0.webp"] = texture(np.hstack([colours.labels.cpu().numpy(), pack_opacity(g.opacities)[:, None]]))
     bands = min(sh_bands, g.sh_degree)
     if bands > 0:
         palette = min(palette_size or default_palette_size(count), MAX_PALETTE)
-        content.meta["shN"] = _encode_palette(g, bands, palette, kmeans_iterations, seed, device, images)
+        labels, content.meta["shN"] = _encode_palette(g, bands, palette, kmeans_iterations, seed, device, images)
+        label_bytes = np.stack([labels & 0xFF, labels >> 8, np.zeros_like(labels), np.full_like(labels, 255)], 1)
+        images["shN_labels.webp"] = texture(label_bytes.astype(np.uint8))
     return content
 
 
@@ -203,30 +211,26 @@ def _texture(per_splat: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, seed: int,
-                    device: torch.device | str, images: dict[str, np.ndarray]) -> dict:
+                    device: torch.device | str, images: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    """The SH palette image and meta entry; returns each splat's palette label (input order) too."""
     coefficients = SH_REST_COUNTS[bands]
     count = len(g)
-    # k-means on channel-major vectors (all red coefficients, then green, then blue), as the PLY stores them
-    vectors = torch.as_tensor(np.ascontiguousarray(g.shN[:, :coefficients, :].transpose(0, 2, 1)),
-                              device=device).reshape(count, 3 * coefficients)
-    clusters = kmeans(vectors, palette, iterations, seed)
+    # one vector per splat, coefficient-major (coefficient j's R, G, B side by side): what a centroid texel holds
+    vectors = torch.as_tensor(np.ascontiguousarray(g.shN[:, :coefficients, :]), device=device)
+    clusters = kmeans(vectors.reshape(count, coefficients * 3), palette, iterations, seed)
     values = quantize_1d(clusters.centroids)
     centroid_count = clusters.centroids.shape[0]
     if centroid_count > MAX_PALETTE:
         raise ValueError(f"SH palette of {centroid_count} entries does not fit 16-bit labels")
     # centroid i, coefficient j at texel (i * coefficients + j) of a 64 * coefficients wide image
-    indices = values.labels.view(centroid_count, 3, coefficients).permute(0, 2, 1).cpu().numpy()
     rows = math.ceil(centroid_count / PALETTE_COLUMNS)
     centroid_texels = np.zeros((rows * PALETTE_COLUMNS * coefficients, 4), np.uint8)
-    centroid_texels[: centroid_count * coefficients, :3] = indices.reshape(-1, 3)
+    centroid_texels[: centroid_count * coefficients, :3] = values.labels.reshape(-1, 3).cpu().numpy()
     centroid_texels[: centroid_count * coefficients, 3] = 255
     images["shN_centroids.webp"] = centroid_texels.reshape(rows, PALETTE_COLUMNS * coefficients, 4)
-    labels = clusters.labels.cpu().numpy()
-    label_texels = np.stack([labels & 0xFF, labels >> 8, np.zeros_like(labels), np.full_like(labels, 255)], 1)
-    width, height = texture_size(count)
-    images["shN_labels.webp"] = _texture(label_texels.astype(np.uint8), width, height)
-    return {"count": centroid_count, "bands": bands, "codebook": _codebook_list(values.values),
+    meta = {"count": centroid_count, "bands": bands, "codebook": _codebook_list(values.values),
             "files": FILES["shN"]}
+    return clusters.labels.cpu().numpy(), meta
 
 
 # -- files ---------------------------------------------------------------------------------------
