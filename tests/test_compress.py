@@ -331,12 +331,12 @@ def test_kmeans_clusters_are_good_and_deterministic() -> None:
     centres = torch.randn(40, 9, generator=generator) * 3
     points = centres[torch.randint(40, (4000,), generator=generator)] + 0.1 * torch.randn(4000, 9,
                                                                                          generator=generator)
-    for k in (40, 1600):  # flat and two-level
-        result = kmeans(points, k, iterations=8, seed=1)
+    for k, batch in ((40, None), (1600, None), (1600, 2**26)):  # flat, two-level, two-level batched (CUDA's)
+        result = kmeans(points, k, iterations=8, seed=1, cell_batch_elements=batch)
         assert result.labels.min() >= 0 and result.labels.max() < result.centroids.shape[0] <= k
         error = (points - result.centroids[result.labels]).pow(2).sum(1).mean()
         assert error < 0.1 * points.var(0).sum(), (k, error)
-        again = kmeans(points, k, iterations=8, seed=1)
+        again = kmeans(points, k, iterations=8, seed=1, cell_batch_elements=batch)
         assert torch.equal(result.labels, again.labels) and torch.equal(result.centroids, again.centroids)
     few = kmeans(points[:10], 16)
     assert torch.equal(few.centroids, points[:10])

@@ -122,8 +122,12 @@ def _prefix_sums(values: Tensor) -> Tensor:
     return torch.cat([values.new_zeros(1), torch.cumsum(values, 0)])
 
 
-def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0) -> KMeansResult:
-    """Two-level k-means of (N, D) ``points`` into at most ``k`` centroids (see the module docstring)."""
+def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0,
+           cell_batch_elements: int | None = None) -> KMeansResult:
+    """Two-level k-means of (N, D) ``points`` into at most ``k`` centroids (see the module docstring).
+
+    ``cell_batch_elements``: size budget of one batched distance block of the second level; None picks
+    by device (large batches on CUDA, one cell at a time on the CPU)."""
     n = points.shape[0]
     points = points.float()
     if n <= k:
@@ -144,7 +148,9 @@ def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0) -> KMean
     fine_by_cell: dict[int, KMeansResult] = {}
     # on the GPU, many cells per batched step (few, large kernels); on the CPU one cell at a time keeps
     # the distance block small (measured: batching made the CPU 1.7-2.4x slower, memory-bound)
-    budget = _GPU_BATCH_BLOCK if points.device.type == "cuda" else 0
+    budget = cell_batch_elements
+    if budget is None:
+        budget = _GPU_BATCH_BLOCK if points.device.type == "cuda" else 0
     for batch in _size_batches(members_by_cell, allocation, budget):
         groups = [points[members_by_cell[cell]] for cell in batch]
         results = batched_lloyd(groups, [allocation[cell] for cell in batch], iterations, generator)
