@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from spaceport.compress import CompressConfig, compress_ply
+from spaceport.formats.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from spaceport.progress import NullProgress
-from spaceport.splat.ply import Gaussians, random_gaussians, read_ply, write_ply
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLAT_TRANSFORM = ROOT / "tests" / "js" / "node_modules" / ".bin" / "splat-transform"

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spaceport.compress import CompressConfig, compress_ply, read_sog
+from spaceport.compress import CompressConfig, compress_ply
+from spaceport.formats.gaussians import Gaussians, read_ply
+from spaceport.formats.sog import read_sog
 from spaceport.progress import NullProgress
 from spaceport.splat.evaluate import psnr
 from spaceport.splat.model import render_gaussians
-from spaceport.splat.ply import Gaussians, read_ply
 from spaceport.splat.scene import View, load_scene
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spaceport.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from spaceport.pipeline import run_pipeline  # noqa: E402
+from spaceport.presets import PRESETS, resolve_config  # noqa: E402
 from spaceport.progress import NullProgress  # noqa: E402
-from spaceport.splat.config import apply_preset  # noqa: E402
 from spaceport.splat.train import run_train  # noqa: E402
 from spaceport.workspace import Workspace  # noqa: E402
 
@@ -85,8 +85,7 @@ def prepare_sfm(work: Path, images: Path | None, workspace: Path | None) -> Path
         sys.exit("pass --images (photos to run sfm on) or --workspace (one whose sfm is done)")
     ws = Workspace(work / "sfm")
     started = time.perf_counter()
-    run_pipeline(ws, PipelineConfig(steps="sfm", preset="standard"), lambda stage, logger: PrintProgress(),
-                 source=images)
+    run_pipeline(ws, "sfm", PRESETS["standard"], lambda stage, logger: PrintProgress(), source=images)
     print(f"sfm ready in {time.perf_counter() - started:.1f} s", flush=True)
     return ws.root
 
@@ -96,7 +95,8 @@ def train_once(sfm_root: Path, work: Path, label: str, strategy: str, overrides:
     shutil.rmtree(ws.root, ignore_errors=True)
     ws.root.mkdir(parents=True)
     (ws.root / "sfm").symlink_to((sfm_root / "sfm").resolve(), target_is_directory=True)
-    config = apply_preset("standard", {"strategy": strategy, **overrides})
+    config = resolve_config("standard", {f"train.{key}": value for key, value in
+                                         {"strategy": strategy, **overrides}.items()}).train
     torch.cuda.synchronize()
     started = time.perf_counter()
     result = run_train(ws, config, PrintProgress())

@@ -15,3 +15,11 @@ fi
 if [ -f tests/js/package.json ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
+# the web viewer (PlayCanvas engine, pinned by web/package-lock.json), bundled into spaceport/viewer/static/
+npm ci --prefix web --no-audit --no-fund --loglevel=error
+npm run build --prefix web --silent
+# the browser tests drive Debian's chromium through Playwright (never `playwright install`: no browser downloads)
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi

@@ -1,3 +1,3 @@
-from spaceport.cli import app
+from spaceport.cli import main
 
-app()
+main()

@@ -1,110 +1,90 @@
-"""The DAG: which stages a step selection runs, in what order, and run_pipeline().
+"""The stage registry and the DAG: which stages a step selection runs, in what order, and run_pipeline().
 
-The CLI, the worker and the API all call run_pipeline (or run_stage for one stage).
+The CLI, the service's embedded worker and the Celery workers all call ``run_pipeline`` or ``run_stage``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from spaceport.compress.stage import find_input_ply, run_compress
+from spaceport.formats.job import STEP_STAGES, Steps
+from spaceport.ingest.inputs import inspect_input
+from spaceport.ingest.stage import run_ingest
+from spaceport.presets import PipelineConfig
 from spaceport.progress import Progress
-from spaceport.workspace import STAGES, SpaceportError, StageResult, Workspace
+from spaceport.report import run_report
+from spaceport.sfm.colmap import check_sfm_inputs, run_sfm
+from spaceport.splat.scene import check_model_dir
+from spaceport.splat.train import run_train
+from spaceport.workspace import SpaceportError, StageResult, Workspace, staged_dir
 
-Steps = Literal["full", "sfm", "train", "compress"]
-STEP_STAGES: dict[str, list[str]] = {
-    "full": ["ingest", "sfm", "train", "compress", "report"],
-    "sfm": ["ingest", "sfm"],
-    "train": ["train", "compress", "report"],
-    "compress": ["compress"],
-}
-# stage -> (module, function, config class); imported lazily so a missing stage fails cleanly
-STAGE_IMPL: dict[str, tuple[str, str, str]] = {
-    "ingest": ("spaceport.ingest", "run_ingest", "IngestConfig"),
-    "sfm": ("spaceport.sfm", "run_sfm", "SfmConfig"),
-    "train": ("spaceport.splat.train", "run_train", "TrainConfig"),
-    "compress": ("spaceport.compress", "run_compress", "CompressConfig"),
-    "report": ("spaceport.report", "run_report", "ReportConfig"),
-}
-PRESETS = ("preview", "standard")
-# stage-level preset overrides that belong to the pipeline; the trainer publishes TRAIN_PRESETS itself
-PIPELINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "preview": {"ingest": {"max_size": 1000}, "sfm": {"max_image_size": 1000}},
-    "standard": {"ingest": {"max_size": 1600}, "sfm": {"max_image_size": 1600}},
-}
+__all__ = ["STAGES", "STEP_STAGES", "Stage", "Steps", "prepare_job", "run_pipeline", "run_stage"]
+
+Resource = Literal["cpu", "gpu"]
+ProgressFactory = Callable[[str, logging.Logger], Progress]
 
 
-def _load(stage: str) -> tuple[Callable[..., StageResult], type[BaseModel]]:
-    module_name, function, config_class = STAGE_IMPL[stage]
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, function), getattr(module, config_class)
-    except (ImportError, AttributeError) as exc:
-        raise SpaceportError(f"stage '{stage}' is not available yet in this build ({exc})") from exc
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what it needs (checked before it runs), what it writes, where it runs best, and its code."""
+
+    name: str
+    resource: Resource  # which worker queue runs it
+    outputs: tuple[str, ...]  # workspace-relative paths it writes
+    check_inputs: Callable[[Workspace], Any]  # raises SpaceportError naming the missing file and the fix
+    run: Callable[[Workspace, Any, Progress], StageResult]
+
+    def config(self, pipeline: PipelineConfig) -> BaseModel:
+        return getattr(pipeline, self.name)
 
 
-class PipelineConfig(BaseModel):
-    """Everything a job needs; stored in job.json so a resumed job uses the same settings."""
+def _check_job_file(ws: Workspace) -> None:
+    if not ws.job_file.exists():
+        raise SpaceportError(f"{ws.job_file}: missing; the report describes a job: run it with spaceport run")
 
-    steps: Steps = "full"
-    preset: Literal["preview", "standard"] = "standard"
-    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-stage overrides
 
-    def stage_config(self, stage: str) -> BaseModel:
-        _, config_class = _load(stage)
-        values: dict[str, Any] = dict(PIPELINE_PRESETS[self.preset].get(stage, {}))
-        if stage == "train":
-            from spaceport.splat.train import TRAIN_PRESETS
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("ingest", "cpu", ("images/",), lambda ws: inspect_input(ws.input_dir, ws.root), run_ingest),
+    Stage("sfm", "cpu", ("sfm/sparse/0/", "sfm/undistorted/", "sfm/report.json"), check_sfm_inputs, run_sfm),
+    Stage("train", "gpu", ("train/splat.ply", "train/eval.json", "train/metrics.jsonl"),
+          lambda ws: check_model_dir(ws.undistorted_dir / "sparse", ws.undistorted_dir / "images"), run_train),
+    Stage("compress", "cpu", ("compress/scene.sog",), find_input_ply, run_compress),
+    Stage("report", "cpu", ("report/report.json", "report/index.html"), _check_job_file, run_report),
+)}
 
-            values.update(TRAIN_PRESETS[self.preset])
-        values.update(self.stages.get(stage, {}))
-        return config_class(**values)
-
-    def with_override(self, dotted: str, value: Any) -> PipelineConfig:
-        stage, _, field = dotted.partition(".")
-        if stage not in STAGE_IMPL or not field:
-            raise SpaceportError(f"--set {dotted}: expected STAGE.FIELD with STAGE one of {', '.join(STAGES)}")
-        stages = {k: dict(v) for k, v in self.stages.items()}
-        stages.setdefault(stage, {})[field] = value
-        return self.model_copy(update={"stages": stages})
 
 
 # -- input ---------------------------------------------------------------------------------------
-
-
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".m4v"}
 
 
 def import_input(ws: Workspace, source: Path, steps: str) -> None:
     """Copy what the user gave into input/ (never modified afterwards). Idempotent for the same source."""
     source = Path(source).resolve()
     job = ws.read_job()
-    if job.get("source") and job["source"] != str(source):
-        raise SpaceportError(f"{ws.root}: this workspace was made from {job['source']}; pass -o with a new "
+    if job.source and job.source != str(source):
+        raise SpaceportError(f"{ws.root}: this workspace was made from {job.source}; pass -o with a new "
                              "folder for a new input")
     if not source.exists():
         raise SpaceportError(f"{source}: no such file or folder; pass a folder or .zip of photos, a video, "
                              "a previous workspace (--steps train) or a .ply (--steps compress)")
-    if ws.input_dir.exists() and any(ws.input_dir.iterdir()):
-        return
-    tmp = ws.root / "input.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if steps == "train":
-        _import_model(source, tmp)
-    elif source.is_dir():
-        shutil.copytree(source, tmp, dirs_exist_ok=True, symlinks=True)
-    else:
-        shutil.copy2(source, tmp / source.name)
-    tmp.replace(ws.input_dir)
+    if not (ws.input_dir.exists() and any(ws.input_dir.iterdir())):
+        with staged_dir(ws.input_dir) as staging:
+            if steps == "train":
+                _import_model(source, staging)
+            elif source.is_dir():
+                shutil.copytree(source, staging, dirs_exist_ok=True, symlinks=True)
+            else:
+                shutil.copy2(source, staging / source.name)
     ws.update_job(source=str(source))
 
 
@@ -124,13 +104,16 @@ def _import_model(source: Path, dest: Path) -> None:
     shutil.copytree(sparse, dest / "sparse")
 
 
-def _materialize_model(ws: Workspace, progress: Progress) -> None:
-    """For --steps train: put the imported model where training reads it (undistorting if needed)."""
-    if (ws.undistorted_dir / "sparse").is_dir():
-        return
-    from spaceport.sfm.colmap import import_model
-
-    import_model(ws, ws.input_dir / "sparse", ws.input_dir / "images", progress)
+def prepare_job(ws: Workspace, steps: str, config: PipelineConfig, source: Path | None = None, *,
+                preset: str = "standard", settings: dict[str, Any] | None = None) -> None:
+    """Copy the input (when given) and record in job.json what will run, with the resolved config."""
+    if steps not in STEP_STAGES:
+        raise SpaceportError(f"--steps {steps}: choose one of {', '.join(STEP_STAGES)}")
+    ws.root.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        import_input(ws, source, steps)
+    ws.update_job(steps=steps, preset=preset, settings=dict(settings or {}), config=config.model_dump(mode="json"),
+                  status="running", stage=None, error=None)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -182,64 +165,61 @@ def _rss_bytes() -> int:
 
 
 def _cuda_in_use() -> bool:
-    import sys
+    import torch
 
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
-
-
-ProgressFactory = Callable[[str, logging.Logger], Progress]
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def run_stage(ws: Workspace, stage: str, config: PipelineConfig, make_progress: ProgressFactory) -> StageResult:
-    """Run one stage unless its .done marker exists; write the marker last."""
-    if ws.is_done(stage):
-        result = ws.stage_result(stage)
+def run_stage(ws: Workspace, name: str, config: PipelineConfig, make_progress: ProgressFactory) -> StageResult:
+    """Run one stage unless its .done marker exists; its inputs are checked first and the marker written last.
+
+    The caller holds the workspace lock (``run_pipeline`` does; a worker running one stage takes it itself).
+    """
+    if ws.is_done(name):
+        result = ws.stage_result(name)
         assert result is not None
         result.skipped = True
         return result
-    logger = ws.stage_logger(stage)
-    ws.update_job(status="running", stage=stage)
+    stage = STAGES[name]
+    logger = ws.stage_logger(name)
+    ws.update_job(status="running", stage=name)
     start = time.perf_counter()
     try:
-        run, _ = _load(stage)
-        stage_config = config.stage_config(stage)
-        logger.info("start %s with %s", stage, stage_config.model_dump_json())
+        stage.check_inputs(ws)
+        stage_config = stage.config(config)
+        logger.info("start %s with %s", name, stage_config.model_dump_json())
         with _PeakMemory() as memory:
-            result = run(ws, stage_config, make_progress(stage, logger))
+            result = stage.run(ws, stage_config, make_progress(name, logger))
     except BaseException as exc:
-        logger.error("%s failed: %s", stage, exc)
-        ws.update_job(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                      stage=stage, error=str(exc))
+        logger.error("%s failed: %s", name, exc)
+        ws.update_job(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", stage=name,
+                      error=str(exc))
         raise
     result.seconds = round(time.perf_counter() - start, 2)
     result.metrics.update(memory.metrics())
     ws.mark_done(result)
-    logger.info("done %s in %.1f s: %s", stage, result.seconds, result.metrics)
+    logger.info("done %s in %.1f s: %s", name, result.seconds, result.metrics)
     return result
 
 
-def run_pipeline(ws: Workspace, config: PipelineConfig, make_progress: ProgressFactory,
-                 source: Path | None = None, force: tuple[str, ...] = ()) -> list[StageResult]:
-    """Run the stages of ``config.steps`` in order; finished stages are skipped (resume).
+def run_pipeline(ws: Workspace, steps: str, config: PipelineConfig, make_progress: ProgressFactory,
+                 source: Path | None = None, force: tuple[str, ...] = (), *, preset: str = "standard",
+                 settings: dict[str, Any] | None = None, holder: str = "spaceport run") -> list[StageResult]:
+    """Run the stages of ``steps`` in order under the workspace lock; finished stages are skipped (resume).
 
     ``force`` redoes the named stages and, since their outputs change, every later stage of the selection.
     """
-    stages = STEP_STAGES[config.steps]
-    unknown = [s for s in force if s not in stages]
+    if steps not in STEP_STAGES:
+        raise SpaceportError(f"--steps {steps}: choose one of {', '.join(STEP_STAGES)}")
+    names = STEP_STAGES[steps]
+    unknown = [s for s in force if s not in names]
     if unknown:
-        raise SpaceportError(f"--force {', '.join(unknown)}: not a stage of --steps {config.steps} "
-                             f"({', '.join(stages)})")
-    ws.root.mkdir(parents=True, exist_ok=True)
-    if source is not None:
-        import_input(ws, source, config.steps)
-    ws.update_job(config=config.model_dump(), steps=config.steps, status="running")
-    if force:
-        first = min(stages.index(s) for s in force)
-        for stage in stages[first:]:
-            ws.reset_stage(stage)
-    if config.steps == "train" and "train" in stages and not ws.is_done("train"):
-        _materialize_model(ws, make_progress("sfm", ws.stage_logger("sfm")))
-    results = [run_stage(ws, stage, config, make_progress) for stage in stages]
-    ws.update_job(status="succeeded", stage=None, error=None)
+        raise SpaceportError(f"--force {', '.join(unknown)}: not a stage of --steps {steps} ({', '.join(names)})")
+    with ws.lock(holder, log=ws.stage_logger("pipeline").info):
+        prepare_job(ws, steps, config, source, preset=preset, settings=settings)
+        if force:
+            for name in names[min(names.index(s) for s in force):]:
+                ws.reset_stage(name)
+        results = [run_stage(ws, name, config, make_progress) for name in names]
+        ws.update_job(status="succeeded", stage=None, error=None)
     return results

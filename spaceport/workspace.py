@@ -7,32 +7,28 @@ on resume unless forced.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
-import tempfile
-import time
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("ingest", "sfm", "train", "compress", "report")
+from spaceport.errors import SpaceportError, WorkspaceBusy
+from spaceport.formats.atomic import atomic_write_bytes, atomic_write_json, atomic_write_to, staged_dir
+from spaceport.formats.job import JobFile, read_job, utc_now, write_job
+
+__all__ = ["STAGE_DIRS", "SpaceportError", "StageResult", "Workspace", "WorkspaceBusy", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_to", "staged_dir"]
+
 # ingest writes its outputs under images/, not ingest/; every other stage under its own name
 STAGE_DIRS = {"ingest": "images", "sfm": "sfm", "train": "train", "compress": "compress", "report": "report"}
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before worker threads exist
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-class SpaceportError(Exception):
-    """An error the user can act on: the message names the file and the fix. No traceback is shown."""
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -49,26 +45,6 @@ class StageResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageResult:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 class Workspace:
@@ -136,18 +112,47 @@ class Workspace:
         return str(Path(path).resolve().relative_to(self.root))
 
     # -- job.json ----------------------------------------------------------------------------------
-    def read_job(self) -> dict[str, Any]:
-        if not self.job_file.exists():
-            return {}
-        return json.loads(self.job_file.read_text())
+    def read_job(self) -> JobFile:
+        """job.json, or a new one where there is none yet."""
+        return read_job(self.root) if self.job_file.exists() else JobFile()
 
-    def update_job(self, **fields: Any) -> dict[str, Any]:
-        job = self.read_job()
-        job.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        job.update(fields)
-        job["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_json(self.job_file, job)
+    def update_job(self, **fields: Any) -> JobFile:
+        job = self.read_job().model_copy(update=fields)
+        write_job(self.root, JobFile.model_validate(job.model_dump()))
         return job
+
+    # -- the lock: one writer per workspace -----------------------------------------------------------
+    @contextmanager
+    def lock(self, holder: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the workspace exclusively while the block runs; raise WorkspaceBusy if a live process has it.
+
+        The kernel drops the lock (flock) when its process dies, so a crash never leaves the workspace stuck;
+        the holder recorded in the file is only there to name it in messages.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_holder(fd)
+            os.close(fd)
+            raise WorkspaceBusy(
+                f"workspace {self.root} is busy: {other.get('holder', 'another process')} (pid "
+                f"{other.get('pid', '?')} on {other.get('host', '?')}) since {other.get('since', '?')}; wait for "
+                "it to finish or stop it"
+            ) from None
+        try:
+            stale = _read_holder(fd)
+            if stale and log is not None:
+                log(f"taking over the lock of {stale.get('holder')} (pid {stale.get('pid')} on "
+                    f"{stale.get('host')}, since {stale.get('since')}), which ended without releasing it")
+            _write_holder(fd, {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(),
+                               "since": utc_now()})
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # -- stage markers -----------------------------------------------------------------------------
     def is_done(self, stage: str) -> bool:
@@ -185,3 +190,18 @@ class Workspace:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
         return logger
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 4096)
+    try:
+        return json.loads(data) if data.strip() else {}
+    except ValueError:
+        return {}
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+    os.fsync(fd)

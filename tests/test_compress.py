@@ -12,13 +12,13 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from spaceport.compress import CompressConfig, compress_ply, read_sog, run_compress
+from spaceport.compress import CompressConfig, compress_ply, run_compress
 from spaceport.compress.kmeans import kmeans, quantize_1d
 from spaceport.compress.plas import PlasSchedule, neighbour_distance, plas_sort, sorting_features
-from spaceport.compress.sog import log_transform, texture_size
 from spaceport.compress.stage import compress_splat
+from spaceport.formats.gaussians import REQUIRED, Gaussians, random_gaussians, write_ply
+from spaceport.formats.sog import log_transform, read_sog, texture_size
 from spaceport.progress import NullProgress
-from spaceport.splat.ply import REQUIRED, Gaussians, random_gaussians, write_ply
 from spaceport.workspace import SpaceportError, Workspace
 
 COUNT = 3000  # small: every test here must stay fast on 2 shared cores
@@ -412,17 +412,18 @@ def test_run_compress_without_a_ply(tmp_path: Path) -> None:
 
 def test_pipeline_steps_compress_from_a_ply(tmp_path: Path) -> None:
     """`spaceport run X.ply --steps compress`: the pipeline imports the PLY, runs the stage, marks it done."""
-    from spaceport.pipeline import PipelineConfig, run_pipeline
+    from spaceport.pipeline import run_pipeline
+    from spaceport.presets import resolve_config
 
     ply = tmp_path / "trained.ply"
     write_ply(ply, random_gaussians(COUNT, sh_degree=2, seed=17))
     ws = Workspace(tmp_path / "job")
-    config = PipelineConfig(steps="compress", stages={"compress": {**FAST, "sh_bands": 1}})
-    (result,) = run_pipeline(ws, config, lambda stage, logger: NullProgress(logger), source=ply)
+    config = resolve_config("standard", {f"compress.{key}": value for key, value in {**FAST, "sh_bands": 1}.items()})
+    (result,) = run_pipeline(ws, "compress", config, lambda stage, logger: NullProgress(logger), source=ply)
     assert result.stage == "compress" and ws.is_done("compress")
     assert read_sog(ws.sog_path).sh_degree == 1
     assert ws.stage_result("compress").metrics["num_gaussians"] == COUNT
-    (again,) = run_pipeline(ws, config, lambda stage, logger: NullProgress(logger), source=ply)
+    (again,) = run_pipeline(ws, "compress", config, lambda stage, logger: NullProgress(logger), source=ply)
     assert again.skipped
 
 

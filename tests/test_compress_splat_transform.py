@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spaceport.compress import read_sog
-from spaceport.splat.ply import Gaussians, random_gaussians, read_ply
+from spaceport.formats.gaussians import Gaussians, random_gaussians, read_ply
+from spaceport.formats.sog import read_sog
 from tests.test_compress import FAST, assert_within_quantization, compress_in_order, sog_meta
 
 JS_DIR = Path(__file__).resolve().parent / "js"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from spaceport.splat.ply import SH_REST_COUNTS, Gaussians, random_gaussians, read_ply, write_ply
+from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians, random_gaussians, read_ply, write_ply
 from spaceport.workspace import SpaceportError
 
 FIELDS = ("means", "scales", "quats", "opacities", "sh0", "shN")

@@ -9,10 +9,11 @@ import pycolmap
 import pytest
 import torch
 
+from spaceport.formats.gaussians import random_gaussians
 from spaceport.splat.model import gaussians_from_points
-from spaceport.splat.ply import random_gaussians
-from spaceport.splat.scene import load_scene, write_synthetic_scene
+from spaceport.splat.scene import load_scene
 from spaceport.workspace import SpaceportError, Workspace
+from tests.synthetic import write_synthetic_scene
 
 
 def project(view, xyz: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ import pycolmap
 import pytest
 from PIL import Image
 
+from spaceport.formats import FramesManifest
+from spaceport.ingest import IngestConfig, run_ingest
 from spaceport.progress import NullProgress
 from spaceport.sfm import SfmConfig, camera_groups, choose_matcher, run_sfm
 from spaceport.workspace import SpaceportError, Workspace
@@ -37,11 +39,17 @@ def test_resume_skips_finished_steps(sfm_workspace: Path, tmp_path: Path) -> Non
     assert sum("already done, skipped" in m for m in progress.messages) == 4
 
 
+def ingested(ws: Workspace) -> None:
+    """Run the real ingest stage on the photos put in ws.input_dir (it writes images/ and frames.json)."""
+    run_ingest(ws, IngestConfig(min_images=1), NullProgress())
+
+
 def test_photos_that_do_not_overlap_fail_and_are_listed(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    downscale_copy([monstree_photos()[0], sorted(LIBERTY.glob("*.jpg"))[0]], ws.images_dir, 480)
+    downscale_copy([monstree_photos()[0], sorted(LIBERTY.glob("*.jpg"))[0]], ws.input_dir, 480)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)).save(ws.images_dir / "noise.jpg")
+    Image.fromarray(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)).save(ws.input_dir / "noise.jpg")
+    ingested(ws)
     with pytest.raises(SpaceportError) as error:
         run_sfm(ws, SfmConfig(max_image_size=480), NullProgress())
     message = str(error.value)
@@ -51,7 +59,8 @@ def test_photos_that_do_not_overlap_fail_and_are_listed(tmp_path: Path) -> None:
 
 def test_too_few_images_is_a_clear_error(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    downscale_copy(monstree_photos()[:2], ws.images_dir, 320)
+    downscale_copy(monstree_photos()[:2], ws.input_dir, 320)
+    ingested(ws)
     with pytest.raises(SpaceportError, match="only 2 image"):
         run_sfm(ws, SfmConfig(), NullProgress())
 
@@ -61,10 +70,11 @@ def test_missing_images_folder_names_it(tmp_path: Path) -> None:
         run_sfm(Workspace(tmp_path), SfmConfig(), NullProgress())
 
 
-def _frames(specs: list[tuple[str, tuple]]) -> dict:
-    return {"kind": "photos", "frames": [
-        {"file": name, "width": w, "height": h, "exif": {"make": make, "model": model, "focal_length_mm": focal}}
-        for name, (make, model, focal, w, h) in specs]}
+def _frames(specs: list[tuple[str, tuple]], kind: str = "photos") -> FramesManifest:
+    return FramesManifest.model_validate({"kind": kind, "input": "input", "dropped": [], "frames": [
+        {"file": name, "source": f"input/{name}", "width": w, "height": h, "sharpness": 1.0,
+         "exif": {"make": make, "model": model, "focal_length_mm": focal}}
+        for name, (make, model, focal, w, h) in specs]})
 
 
 def test_camera_groups_follow_exif_and_collapse_for_collections() -> None:
@@ -75,19 +85,19 @@ def test_camera_groups_follow_exif_and_collapse_for_collections() -> None:
     assert sorted(len(g) for g in groups) == [5, 15]
     collection = _frames([(f"{i}.jpg", ("Make", f"model{i % 12}", 4.0 + i % 12, 800, 1200)) for i in range(40)])
     assert len(camera_groups(collection, "exif")) == 12
-    assert camera_groups(collection, "auto") == [[f["file"] for f in collection["frames"]]]
+    assert camera_groups(collection, "auto") == [[f.file for f in collection.frames]]
     assert len(camera_groups(collection, "per-image")) == 40
 
 
 def test_matcher_choice() -> None:
     photos = _frames([(f"{i}.jpg", ("A", "B", 4.0, 10, 10)) for i in range(30)])
     assert choose_matcher(photos, SfmConfig()) == "exhaustive"
-    assert choose_matcher({**photos, "kind": "video"}, SfmConfig()) == "sequential"
+    assert choose_matcher(photos.model_copy(update={"kind": "video"}), SfmConfig()) == "sequential"
     assert choose_matcher(photos, SfmConfig(matcher="sequential")) == "sequential"
     many = _frames([(f"{i}.jpg", ("A", "B", 4.0, 10, 10)) for i in range(400)])
     assert choose_matcher(many, SfmConfig()) == "sequential"
-    for frame in many["frames"]:
-        frame["exif"]["gps"] = [48.0, 2.0, 30.0]
+    for frame in many.frames:
+        frame.exif.gps = (48.0, 2.0, 30.0)
     assert choose_matcher(many, SfmConfig()) == "spatial"
 
 

@@ -17,15 +17,17 @@ import numpy as np
 import pytest
 import torch
 
+from spaceport.formats.gaussians import Gaussians, read_ply
+from spaceport.presets import PRESETS
 from spaceport.progress import NullProgress
-from spaceport.splat.config import TRAIN_PRESETS, TrainConfig, apply_preset
+from spaceport.splat.config import TrainConfig
 from spaceport.splat.evaluate import evaluate_views, psnr, ssim
 from spaceport.splat.model import gaussians_from_points, params_from_gaussians
-from spaceport.splat.ply import Gaussians, read_ply
-from spaceport.splat.scene import load_scene, write_synthetic_scene
-from spaceport.splat.strategy_cpu import compute_relocation_torch, cpu_strategy_ops
-from spaceport.splat.train import run_train
+from spaceport.splat.scene import load_scene
+from spaceport.splat.strategy_cpu import CpuMCMCStrategy, compute_relocation_torch
+from spaceport.splat.train import MULTINOMIAL_LIMIT, make_strategy, run_train
 from spaceport.workspace import SpaceportError, Workspace
+from tests.synthetic import write_synthetic_scene
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,17 +75,19 @@ def read_metrics(ws: Workspace) -> list[dict]:
 
 
 def test_training_lowers_the_loss_and_writes_every_output(workspace):
-    result = run_train(workspace, small_config(), NullProgress())
+    # no densification here: on this scene its splits need more than 120 steps to pay off (measured: the loss
+    # ends near where it started, +0.2 to +2.2 dB held-out, against about -50 % and +6 dB without)
+    result = run_train(workspace, small_config(refine_start=1000), NullProgress())
 
     losses = [m["loss"] for m in read_metrics(workspace) if "loss" in m]
     assert len(losses) == 12
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     scene = load_scene(workspace.undistorted_dir / "sparse", workspace.undistorted_dir / "images",
                        holdout_every=5)
     initial = params_from_gaussians(
         gaussians_from_points(scene.points, scene.colors, sh_degree=1, opacity=0.1), "cpu")
     before = evaluate_views(initial, scene.test_views, sh_degree=1, background=torch.zeros(3), backend="torch")
-    assert result.metrics["psnr"] > before["psnr"] + 1.5, (before["psnr"], result.metrics["psnr"])
+    assert result.metrics["psnr"] > before["psnr"] + 4.0, (before["psnr"], result.metrics["psnr"])
 
     eval_json = json.loads((workspace.train_dir / "eval.json").read_text())
     assert [v["name"] for v in eval_json["views"]] == ["view_000.png", "view_005.png"]
@@ -134,13 +138,30 @@ def test_relocation_twin_keeps_the_composite_opacity():
         np.testing.assert_allclose(new_scales[i], float(opacities[i]) / denominator * scales[i], rtol=1e-5)
 
 
-def test_cpu_strategy_ops_are_restored():
-    import gsplat.strategy.ops as ops
+def test_cpu_mcmc_relocates_dead_gaussians_onto_live_ones_and_grows():
+    generator = torch.Generator().manual_seed(0)
+    n = 20
+    params = torch.nn.ParameterDict({
+        "means": torch.randn(n, 3, generator=generator), "scales": torch.randn(n, 3, generator=generator) - 2,
+        "quats": torch.randn(n, 4, generator=generator), "opacities": torch.full((n,), 1.0),
+        "sh0": torch.randn(n, 1, 3, generator=generator), "shN": torch.zeros(n, 3, 3),
+    })
+    dead = torch.arange(n) < 5
+    with torch.no_grad():
+        params["opacities"][dead] = -10.0  # sigmoid 4.5e-5, below min_opacity
+    optimizers = {name: torch.optim.Adam([{"params": [p], "lr": 1e-3, "name": name}]) for name, p in params.items()}
+    strategy = CpuMCMCStrategy(cap_max=22, refine_start_iter=0, refine_every=1, noise_lr=0.0)
+    state = strategy.initialize_state()
+    strategy.step_post_backward(params, optimizers, state, step=1, info={}, lr=0.0)
 
-    original = ops.compute_relocation
-    with cpu_strategy_ops():
-        assert ops.compute_relocation is not original
-    assert ops.compute_relocation is original
+    opacities = torch.sigmoid(params["opacities"])
+    assert len(opacities) == 21  # 5% more, below the cap of 22
+    assert bool((opacities > strategy.min_opacity).all())
+    means = [tuple(m) for m in params["means"].tolist()]
+    # every relocated Gaussian sits on a live one (with which it now shares the live one's opacity)
+    for index in range(5):
+        assert means.count(means[index]) >= 2
+    assert all(optimizers[name].param_groups[0]["params"][0] is params[name] for name in params)
 
 
 def test_ssim_and_psnr_behave():
@@ -162,14 +183,10 @@ def test_missing_sfm_output_is_reported(tmp_path):
 
 
 def test_presets_validate_and_preview_is_cpu_sized():
-    for name in TRAIN_PRESETS:
-        apply_preset(name)
-    preview = apply_preset("preview")
+    preview = PRESETS["preview"].train
     assert preview.max_image_width <= 320 and preview.steps <= 5000 and preview.cap_max <= 100_000
-    standard = apply_preset("standard")
+    standard = PRESETS["standard"].train
     assert standard.steps == 12_000 and standard.refine_stop == 6_000 and standard.max_image_width is None
-    with pytest.raises(SpaceportError, match="unknown train preset"):
-        apply_preset("huge")
 
 
 # -- checkpoints and resume --------------------------------------------------------------------------
@@ -237,18 +254,51 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(workspace):
     assert result.metrics["steps"] == 100
 
 
-def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path):
+@pytest.mark.parametrize("strategy", [
+    dict(strategy="mcmc", cap_max=44),  # relocation, growth and noise draw from the run's library stream
+    dict(strategy="default", cap_max=60, grow_grad2d=1e-5),  # splits draw from it too
+])
+def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path, strategy):
     """On the CPU the loop is deterministic: stopping at a checkpoint and resuming gives the same splat
-    (MCMC: its relocation and noise draw from the restored RNG)."""
+    (the random streams, backgrounds included, are restored from the checkpoint)."""
     twin = Workspace(tmp_path / "twin")
     shutil.copytree(workspace.root, twin.root)
-    config = small_config(strategy="mcmc", steps=80, checkpoint_every=40, keep_checkpoints=5, cap_max=44)
+    config = small_config(steps=80, checkpoint_every=40, keep_checkpoints=5, background="random", **strategy)
     run_train(workspace, config, NullProgress())
 
     run_train(twin, config, NullProgress())
-    for path in (twin.train_dir / "ckpt").glob("step_*.pt"):  # pretend it died right after step 50
+    for path in (twin.train_dir / "ckpt").glob("step_*.pt"):  # pretend it died right after step 40
         if path.name != "step_000040.pt":
             path.unlink()
     result = run_train(twin, config, NullProgress())
     assert result.metrics["resumed_from_step"] == 40
     assert workspace.splat_ply.read_bytes() == twin.splat_ply.read_bytes()
+
+
+class RecordingProgress(NullProgress):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def log(self, message: str, level: int = 0) -> None:
+        self.messages.append(message)
+
+
+def test_a_checkpoint_from_another_device_type_resumes_with_fresh_random_streams(workspace):
+    config = small_config(steps=40, checkpoint_every=20, keep_checkpoints=5)
+    run_train(workspace, config, NullProgress())
+    path = workspace.train_dir / "ckpt" / "step_000020.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["rng"] = {**payload["rng"], "device_type": "cuda", "background": torch.zeros(16, dtype=torch.uint8)}
+    torch.save(payload, path)
+    (workspace.train_dir / "ckpt" / "step_000040.pt").unlink()
+
+    progress = RecordingProgress()
+    result = run_train(workspace, config, progress)
+    assert result.metrics["resumed_from_step"] == 20 and result.metrics["steps"] == 40
+    assert any("made on cuda" in message and "start again from the seed" in message for message in progress.messages)
+
+
+def test_mcmc_refuses_a_budget_gsplat_would_sample_with_numpy():
+    make_strategy(small_config(strategy="mcmc", cap_max=MULTINOMIAL_LIMIT), torch.device("cpu"))
+    with pytest.raises(SpaceportError, match="train.cap_max"):
+        make_strategy(small_config(strategy="mcmc", cap_max=MULTINOMIAL_LIMIT + 1), torch.device("cpu"))

@@ -1,6 +1,18 @@
-"""Compression: a trained splat's PLY to PlayCanvas SOG, with our own self-organizing sort (PLAS)."""
+"""Compression: a trained splat's PLY to PlayCanvas SOG, with our own self-organizing sort (PLAS).
 
-from spaceport.compress.sog import read_sog
-from spaceport.compress.stage import CompressConfig, compress_ply, run_compress
+The stage's code (torch) is imported on first use, so reading its config (``spaceport.compress.config``) stays cheap.
+"""
 
-__all__ = ["CompressConfig", "compress_ply", "read_sog", "run_compress"]
+from importlib import import_module
+from typing import Any
+
+from spaceport.compress.config import CompressConfig
+
+_LAZY = {"compress_ply": "stage", "run_compress": "stage"}
+__all__ = ["CompressConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"spaceport.compress.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'spaceport.compress' has no attribute {name!r}")

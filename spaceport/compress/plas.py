@@ -25,10 +25,10 @@ from itertools import permutations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from spaceport.splat.ply import Gaussians
+from spaceport.compress.config import FeatureWeights
+from spaceport.formats.gaussians import Gaussians
 
 _PERMUTATIONS = torch.tensor(list(permutations(range(4))), dtype=torch.long)  # (24, 4), identity first
 _PADDING_PENALTY = 1e9
@@ -40,31 +40,6 @@ class PlasSchedule:
     radius_shrink: float = 0.9  # radius *= shrink after each round, down to min_radius
     min_radius: float = 1.0
     min_block_side: int = 4
-
-
-class FeatureWeights(BaseModel):
-    """How much each attribute counts when deciding which Gaussians are neighbours (after standardizing).
-
-    The default sorts by position alone. Measured on a trained splat (monstree CPU preview, 38k Gaussians)
-    with lossless WebP: weighting colour, opacity, scale and rotation as well (1, 1, 0.5, 0.5, 0.25) makes
-    the neighbour distance over all attributes smaller but the .sog 3% larger, because the texture that
-    compresses best (the high bytes of the positions: long runs when neighbours share them) loses far
-    more than the colour and scale textures gain; even a colour weight of 0.15 costs more than it saves.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    position: float = Field(1.0, ge=0)
-    colour: float = Field(0.0, ge=0)
-    opacity: float = Field(0.0, ge=0)
-    scale: float = Field(0.0, ge=0)
-    rotation: float = Field(0.0, ge=0)
-
-    @model_validator(mode="after")
-    def _something_counts(self) -> FeatureWeights:
-        if not any(getattr(self, name) > 0 for name in type(self).model_fields):
-            raise ValueError("at least one attribute weight must be positive")
-        return self
 
 
 # the neighbour-distance metric weighs every attribute group alike, whatever the sort used

@@ -5,53 +5,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 
+from spaceport.compress.config import CompressConfig
 from spaceport.compress.plas import (
     METRIC_WEIGHTS,
-    FeatureWeights,
     PlasSchedule,
     neighbour_distance,
     plas_sort,
     sorting_features,
 )
-from spaceport.compress.sog import (
-    MAX_PALETTE,
-    WebpOptions,
-    encode_files,
-    encode_sog,
-    texture_size,
-    write_sog,
-)
+from spaceport.compress.sog import WebpOptions, encode_files, encode_sog
+from spaceport.devices import resolve_device
+from spaceport.formats.gaussians import Gaussians, read_ply
+from spaceport.formats.sog import texture_size, write_sog
 from spaceport.progress import Progress
-from spaceport.splat.ply import Gaussians, read_ply
 from spaceport.workspace import SpaceportError, StageResult, Workspace
-
-
-class CompressConfig(BaseModel):
-    """Settings of the compress stage (and of ``spaceport compress``)."""
-
-    sh_bands: int = Field(3, ge=0, le=3, description="SH bands kept (0-3); lowered to what the PLY holds")
-    palette_size: int | None = Field(None, ge=1, le=MAX_PALETTE,
-                                     description="SH palette entries; None: about one per 8 splats "
-                                                 "(a power of two, 1024..65536)")
-    kmeans_iterations: int = Field(10, ge=0, le=100, description="Lloyd iterations of the SH palette")
-    sort: Literal["plas", "morton", "none"] = Field(
-        "plas", description="order of splats in the textures: plas (self-organizing grid, see sort_weights), "
-        "morton (3D Z-order, as splat-transform; measured 1.3% smaller on a trained preview), none")
-    sort_iterations: int = Field(4, ge=1, le=64, description="PLAS improvement steps per blur radius")
-    sort_radius_shrink: float = Field(0.9, gt=0.1, lt=1.0, description="PLAS radius factor per round")
-    sort_weights: FeatureWeights = Field(default_factory=FeatureWeights,
-                                         description="weight of each attribute in the PLAS sort")
-    seed: int = 0
-    unbundled: bool = Field(False, description="also write meta.json + .webp files beside the .sog")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    webp_method: int = Field(3, ge=0, le=6, description="WebP effort (0 fast .. 6 smallest)")
-    webp_quality: int = Field(50, ge=0, le=100, description="lossless WebP effort within a method")
 
 
 @dataclass
@@ -62,15 +33,6 @@ class CompressOutcome:
     neighbour_distance_after: float
     seconds: dict[str, float]
     order: np.ndarray  # order[i]: index in the input of the splat at texel i
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpaceportError("compress: device 'cuda' was asked for but CUDA is not available; "
-                             "use device 'cpu' or 'auto'")
-    return torch.device(device)
 
 
 def load_splat(path: Path) -> Gaussians:
@@ -94,7 +56,7 @@ def morton_order(means: np.ndarray) -> np.ndarray:
 def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, progress: Progress) -> CompressOutcome:
     """Sort, quantize, encode and write ``splat`` as a SOG bundle at ``out_sog`` (and, with
     ``config.unbundled``, meta.json and the WebP files beside it)."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "compress")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     width, _ = texture_size(len(splat))
@@ -152,7 +114,7 @@ def compress_ply(in_ply: str | Path, out_sog: str | Path, config: CompressConfig
 def run_compress(ws: Workspace, config: CompressConfig, progress: Progress) -> StageResult:
     """Compress ``train/splat.ply`` (or the single .ply in ``input/``) to ``compress/scene.sog``."""
     started = time.perf_counter()
-    source = _input_ply(ws)
+    source = find_input_ply(ws)
     progress.log(f"compress: reading {ws.rel(source)}")
     splat = load_splat(source)
     outcome = compress_splat(splat, ws.sog_path, config, progress)
@@ -163,7 +125,8 @@ def run_compress(ws: Workspace, config: CompressConfig, progress: Progress) -> S
                        _metrics(outcome, source.stat().st_size, time.perf_counter() - started))
 
 
-def _input_ply(ws: Workspace) -> Path:
+def find_input_ply(ws: Workspace) -> Path:
+    """The splat to compress: train/splat.ply, else the one .ply the job was started from."""
     if ws.splat_ply.exists():
         return ws.splat_ply
     candidates = sorted(ws.input_dir.glob("*.ply")) if ws.input_dir.is_dir() else []

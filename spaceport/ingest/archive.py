@@ -15,9 +15,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from spaceport.formats.frames import DroppedRecord
 from spaceport.ingest.config import IngestConfig
 from spaceport.ingest.inputs import is_ignored_name, is_image_name, not_an_image_reason
-from spaceport.ingest.manifest import DroppedRecord
 from spaceport.progress import Progress
 from spaceport.workspace import SpaceportError
 

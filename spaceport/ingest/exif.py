@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from PIL import ExifTags, Image
-from pydantic import BaseModel
+
+from spaceport.formats.frames import ExifSummary
 
 TAG_ORIENTATION = 0x0112
 TAG_MAKER_NOTE = 0x927C
@@ -13,15 +14,6 @@ TAG_PIXEL_X = 0xA002
 TAG_PIXEL_Y = 0xA003
 # A JPEG APP1 segment holds at most 65,533 bytes after its "Exif\0\0" header.
 MAX_EXIF_BYTES = 65_000
-
-
-class ExifSummary(BaseModel):
-    make: str | None = None
-    model: str | None = None
-    focal_length_mm: float | None = None
-    focal_length_35mm: float | None = None
-    gps: tuple[float, float, float | None] | None = None  # latitude, longitude (degrees), altitude (m)
-    datetime: str | None = None  # ISO 8601, from DateTimeOriginal or DateTime
 
 
 def summarize_exif(exif: Image.Exif) -> ExifSummary:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
-from spaceport.ingest.manifest import DroppedRecord
+from spaceport.formats.frames import DroppedRecord
 from spaceport.workspace import SpaceportError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})

@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps
 
+from spaceport.formats.frames import DroppedRecord, ExifSummary, FrameRecord
 from spaceport.ingest.config import IngestConfig
-from spaceport.ingest.exif import TAG_ORIENTATION, ExifSummary, exif_for_output, summarize_exif
-from spaceport.ingest.manifest import DroppedRecord, FrameRecord
+from spaceport.ingest.exif import TAG_ORIENTATION, exif_for_output, summarize_exif
 from spaceport.ingest.naming import unique_names
 from spaceport.ingest.quality import analysis_copy, blurry_indices, perceptual_hash, sharpness
 from spaceport.progress import Progress

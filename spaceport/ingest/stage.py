@@ -8,15 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from spaceport.formats.frames import MANIFEST_NAME, DroppedRecord, FramesManifest, write_frames
 from spaceport.ingest.archive import extract_photos
 from spaceport.ingest.config import IngestConfig
 from spaceport.ingest.inputs import InputKind, InputPlan, inspect_input
-from spaceport.ingest.manifest import MANIFEST_NAME, DroppedRecord, FramesManifest
 from spaceport.ingest.photos import ingest_photos
 from spaceport.progress import Progress
-from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json
+from spaceport.workspace import SpaceportError, StageResult, Workspace, staged_dir
 
-STAGING_PREFIX = ".images.partial-"
 UNZIP_PREFIX = ".ingest-unzip-"
 
 
@@ -24,17 +23,12 @@ def run_ingest(ws: Workspace, config: IngestConfig, progress: Progress) -> Stage
     """Write normalized JPEGs and images/frames.json from ws.input_dir; images/ appears only when complete."""
     started = time.perf_counter()
     plan = inspect_input(ws.input_dir, ws.root)
-    _remove_leftovers(ws.root)
-    staging = Path(tempfile.mkdtemp(dir=ws.root, prefix=STAGING_PREFIX))
-    staging.chmod(0o755)  # mkdtemp makes it private; images/ is an ordinary output folder
-    try:
+    for leftover in ws.root.glob(f"{UNZIP_PREFIX}*"):  # scratch of an earlier run that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    with staged_dir(ws.images_dir) as staging:
         manifest, copied = _ingest(plan, ws, staging, config, progress)
-        _require_enough(manifest, ws, config)
-        atomic_write_json(staging / MANIFEST_NAME, manifest.model_dump(mode="json"))
-        _publish(staging, ws.images_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _require_enough(manifest, config)
+        write_frames(staging, manifest)
     progress.log(
         f"ingest: {len(manifest.frames)} images from {manifest.input} "
         f"({len(manifest.dropped)} dropped) into {ws.rel(ws.images_dir)}/"
@@ -98,7 +92,7 @@ def _relative(path: Path, ws: Workspace) -> str:
     return path.relative_to(ws.root).as_posix()
 
 
-def _require_enough(manifest: FramesManifest, ws: Workspace, config: IngestConfig) -> None:
+def _require_enough(manifest: FramesManifest, config: IngestConfig) -> None:
     count = len(manifest.frames)
     if count >= config.min_images:
         return
@@ -119,20 +113,6 @@ def _require_enough(manifest: FramesManifest, ws: Workspace, config: IngestConfi
 def _describe(item: DroppedRecord) -> str:
     frame = f" frame {item.frame_index}" if item.frame_index is not None else ""
     return f"{item.source}{frame}: {item.reason}"
-
-
-def _publish(staging: Path, images_dir: Path) -> None:
-    """Replace images/ by the finished staging folder (a leftover images/ has no .done: it is stale)."""
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    staging.rename(images_dir)
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Staging folders of an earlier run that was killed."""
-    for prefix in (STAGING_PREFIX, UNZIP_PREFIX):
-        for folder in root.glob(f"{prefix}*"):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _metrics(manifest: FramesManifest, copied: int) -> dict[str, float | int | str]:

@@ -18,8 +18,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from spaceport.formats.frames import DroppedRecord, FrameRecord, VideoCandidate, VideoSummary
 from spaceport.ingest.config import IngestConfig
-from spaceport.ingest.manifest import DroppedRecord, FrameRecord, VideoCandidate, VideoSummary
 from spaceport.ingest.photos import scaled_size
 from spaceport.ingest.quality import blurry_indices, hash_distance, perceptual_hash, sharpness
 from spaceport.progress import Progress, Task

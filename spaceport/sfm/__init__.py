@@ -1,5 +1,18 @@
-"""SfM stage: real COLMAP through pycolmap (extract, match, map, undistort)."""
+"""SfM stage: real COLMAP through pycolmap (extract, match, map, undistort).
 
-from spaceport.sfm.colmap import SfmConfig, camera_groups, choose_matcher, run_sfm
+The stage's code is imported on first use, so reading its config (``spaceport.sfm.config``) stays cheap.
+"""
 
-__all__ = ["SfmConfig", "camera_groups", "choose_matcher", "run_sfm"]
+from importlib import import_module
+from typing import Any
+
+from spaceport.sfm.config import SfmConfig
+
+_LAZY = {"camera_groups": "colmap", "choose_matcher": "colmap", "run_sfm": "colmap"}
+__all__ = ["SfmConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"spaceport.sfm.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'spaceport.sfm' has no attribute {name!r}")

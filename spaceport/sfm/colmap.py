@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import threading
@@ -12,58 +11,41 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pycolmap
-from pydantic import BaseModel
 
+from spaceport.formats import FramesManifest, SfmReport, read_frames, write_sfm_report
 from spaceport.progress import Progress
-from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json
+from spaceport.sfm.config import CameraMode, SfmConfig
+from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json, staged_dir
 
-Matcher = Literal["auto", "exhaustive", "sequential", "spatial", "vocabtree"]
-Mapper = Literal["incremental", "global"]
-CameraMode = Literal["auto", "exif", "single", "per-image"]
 MIN_REGISTERED = 3
-
-
-class SfmConfig(BaseModel):
-    matcher: Matcher = "auto"
-    mapper: Mapper = "incremental"
-    # auto: one camera per EXIF group (make, model, focal, size) unless the photos come from so many
-    # cameras that per-group intrinsics are unreliable (internet collections), then one shared camera.
-    camera_mode: CameraMode = "auto"
-    camera_model: str = "SIMPLE_RADIAL"
-    max_image_size: int = 1600  # long side used for SIFT extraction
-    max_num_features: int = 8192
-    exhaustive_max_images: int = 300  # auto matcher: exhaustive up to this many photos
-    sequential_overlap: int = 15
-    vocab_tree_path: str | None = None  # retrieval matching only with a user-supplied file; never downloaded
-    min_registered_fraction: float = 0.5  # below this the largest model is a fragment: fail loudly
-    num_threads: int = -1  # all cores
-    seed: int = 0
 
 
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _read_frames(ws: Workspace) -> dict[str, Any]:
-    frames_file = ws.images_dir / "frames.json"
-    if frames_file.exists():
-        return json.loads(frames_file.read_text())
-    names = sorted(p.name for p in ws.images_dir.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    return {"kind": "photos", "frames": [{"file": name, "exif": {}} for name in names]}
+def has_imported_model(ws: Workspace) -> bool:
+    """True when the job started from a COLMAP model the user brought (--steps train), not from photos."""
+    return (ws.input_dir / "sparse").is_dir() and not ws.images_dir.is_dir()
 
 
-def _check_inputs(ws: Workspace) -> dict[str, Any]:
+def check_sfm_inputs(ws: Workspace) -> FramesManifest | None:
+    """The ingested frames (None for an imported model); raises SpaceportError naming what is missing."""
+    if has_imported_model(ws):
+        if not (ws.input_dir / "images").is_dir():
+            raise SpaceportError(f"{ws.input_dir / 'images'}: missing; a COLMAP model comes with its images/ folder")
+        return None
     if not ws.images_dir.is_dir():
         raise SpaceportError(f"{ws.images_dir}: missing; run the ingest stage first (spaceport run ... --steps sfm)")
-    frames = _read_frames(ws)
-    missing = [f["file"] for f in frames["frames"] if not (ws.images_dir / f["file"]).exists()]
+    frames = read_frames(ws.images_dir)
+    missing = [f.file for f in frames.frames if not (ws.images_dir / f.file).exists()]
     if missing:
         raise SpaceportError(f"{ws.images_dir}: listed images are missing ({', '.join(missing[:5])}); "
                              "re-run ingest with --force ingest")
-    if len(frames["frames"]) < MIN_REGISTERED:
-        raise SpaceportError(f"{ws.images_dir}: only {len(frames['frames'])} image(s); SfM needs at least "
+    if len(frames.frames) < MIN_REGISTERED:
+        raise SpaceportError(f"{ws.images_dir}: only {len(frames.frames)} image(s); SfM needs at least "
                              f"{MIN_REGISTERED} overlapping photos of the same place")
     return frames
 
@@ -71,18 +53,17 @@ def _check_inputs(ws: Workspace) -> dict[str, Any]:
 # -- camera grouping and matcher choice ------------------------------------------------------------
 
 
-def camera_groups(frames: dict[str, Any], mode: CameraMode) -> list[list[str]]:
+def camera_groups(frames: FramesManifest, mode: CameraMode) -> list[list[str]]:
     """Partition image names into groups that share one camera (intrinsics)."""
-    names = [f["file"] for f in frames["frames"]]
+    names = [f.file for f in frames.frames]
     if mode == "single":
         return [names]
     if mode == "per-image":
         return [[n] for n in names]
     groups: dict[tuple, list[str]] = defaultdict(list)
-    for f in frames["frames"]:
-        exif = f.get("exif") or {}
-        key = (exif.get("make"), exif.get("model"), exif.get("focal_length_mm"), f.get("width"), f.get("height"))
-        groups[key].append(f["file"])
+    for f in frames.frames:
+        key = (f.exif.make, f.exif.model, f.exif.focal_length_mm, f.width, f.height)
+        groups[key].append(f.file)
     result = list(groups.values())
     if mode == "auto" and len(result) > max(3, len(names) // 10):
         # many cameras with few photos each (an internet collection): per-group intrinsics have too few
@@ -91,15 +72,16 @@ def camera_groups(frames: dict[str, Any], mode: CameraMode) -> list[list[str]]:
     return result
 
 
-def choose_matcher(frames: dict[str, Any], config: SfmConfig) -> str:
+def choose_matcher(frames: FramesManifest, config: SfmConfig) -> str:
     if config.matcher != "auto":
         return config.matcher
-    if frames.get("kind") == "video":
+    if frames.kind == "video":
         return "sequential"
-    with_gps = sum(1 for f in frames["frames"] if (f.get("exif") or {}).get("gps"))
-    if with_gps >= 0.8 * len(frames["frames"]) and len(frames["frames"]) > config.exhaustive_max_images:
+    count = len(frames.frames)
+    with_gps = sum(1 for f in frames.frames if f.exif.gps)
+    if with_gps >= 0.8 * count and count > config.exhaustive_max_images:
         return "spatial"
-    if len(frames["frames"]) <= config.exhaustive_max_images:
+    if count <= config.exhaustive_max_images:
         return "exhaustive"
     return "vocabtree" if config.vocab_tree_path else "sequential"
 
@@ -152,7 +134,7 @@ class _Steps:
 # -- the steps -------------------------------------------------------------------------------------
 
 
-def _extract(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress) -> list[list[str]]:
+def _extract(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> list[list[str]]:
     database = ws.sfm_dir / "database.db"
     groups = camera_groups(frames, config.camera_mode)
     extraction = pycolmap.FeatureExtractionOptions()
@@ -161,7 +143,7 @@ def _extract(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress)
     extraction.sift.max_num_features = config.max_num_features
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = config.camera_model
-    with progress.task("sfm: extract features", total=len(frames["frames"])) as task:
+    with progress.task("sfm: extract features", total=len(frames.frames)) as task:
         with _poll_database(task, database, "keypoints"):
             for group in groups:
                 pycolmap.extract_features(database, ws.images_dir, image_names=group,
@@ -171,11 +153,11 @@ def _extract(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress)
     return groups
 
 
-def _match(ws: Workspace, frames: dict, matcher: str, config: SfmConfig, progress: Progress) -> None:
+def _match(ws: Workspace, frames: FramesManifest, matcher: str, config: SfmConfig, progress: Progress) -> None:
     database = ws.sfm_dir / "database.db"
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = config.num_threads
-    n = len(frames["frames"])
+    n = len(frames.frames)
     expected = n * (n - 1) // 2 if matcher == "exhaustive" else None
     with progress.task(f"sfm: match ({matcher})", total=expected) as task:
         with _poll_database(task, database, "two_view_geometries"):
@@ -205,12 +187,12 @@ def _match(ws: Workspace, frames: dict, matcher: str, config: SfmConfig, progres
         task.update(completed=_count_rows(database, "two_view_geometries"))
 
 
-def _map(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress) -> dict[int, Any]:
+def _map(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> dict[int, Any]:
     database = ws.sfm_dir / "database.db"
     models_dir = ws.sfm_dir / "models"
     shutil.rmtree(models_dir, ignore_errors=True)
     models_dir.mkdir(parents=True)
-    n = len(frames["frames"])
+    n = len(frames.frames)
     if config.mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         options.num_threads = config.num_threads
@@ -233,12 +215,12 @@ def _map(ws: Workspace, frames: dict, config: SfmConfig, progress: Progress) -> 
                                             next_image_callback=next_image)
 
 
-def _pick_largest(ws: Workspace, frames: dict, config: SfmConfig) -> tuple[pycolmap.Reconstruction, dict]:
+def _pick_largest(ws: Workspace, frames: FramesManifest, config: SfmConfig) -> tuple[pycolmap.Reconstruction, dict]:
     models_dir = ws.sfm_dir / "models"
     models = []
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         models.append(pycolmap.Reconstruction(str(folder)))
-    names = [f["file"] for f in frames["frames"]]
+    names = [f.file for f in frames.frames]
     sizes = sorted((m.num_reg_images() for m in models), reverse=True)
     if not models or sizes[0] < MIN_REGISTERED:
         raise SpaceportError(
@@ -260,41 +242,58 @@ def _pick_largest(ws: Workspace, frames: dict, config: SfmConfig) -> tuple[pycol
     return best, info
 
 
-def _log_colmap_to_file(ws: Workspace) -> None:
-    """COLMAP's own log goes to logs/sfm.colmap.log, not the terminal (the progress bars are there)."""
-    ws.logs_dir.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def colmap_log_to(path: Path) -> Iterator[None]:
+    """COLMAP's own log goes to ``path``, not the terminal (the progress bars are there), for the block only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    also_to_stderr = pycolmap.logging.alsologtostderr
     pycolmap.logging.alsologtostderr = False
-    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, ws.logs_dir / "sfm.colmap.log")
+    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, path)
+    try:
+        yield
+    finally:
+        pycolmap.logging.set_log_destination(pycolmap.logging.INFO, "")  # glog: an empty name stops file logging
+        pycolmap.logging.alsologtostderr = also_to_stderr
 
 
 def _undistort(ws: Workspace, images_dir: Path, progress: Progress) -> None:
-    """PINHOLE images + model for training, written beside and renamed into sfm/undistorted."""
-    tmp = ws.sfm_dir / "undistorted.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with progress.task("sfm: undistort", total=None):
-        pycolmap.undistort_images(tmp, ws.sparse_dir, images_dir, output_type="COLMAP")
-    shutil.rmtree(ws.undistorted_dir, ignore_errors=True)
-    os.replace(tmp, ws.undistorted_dir)
+    """PINHOLE images + model for training, built beside sfm/undistorted and renamed into place."""
+    with progress.task("sfm: undistort", total=None), staged_dir(ws.undistorted_dir) as staging:
+        pycolmap.undistort_images(staging, ws.sparse_dir, images_dir, output_type="COLMAP")
 
 
 def _write_model(ws: Workspace, model: pycolmap.Reconstruction) -> None:
-    tmp = ws.sfm_dir / "sparse" / "0.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.write_binary(str(tmp))
-    shutil.rmtree(ws.sparse_dir, ignore_errors=True)
-    os.replace(tmp, ws.sparse_dir)
+    with staged_dir(ws.sparse_dir) as staging:
+        model.write_binary(str(staging))
 
 
 def run_sfm(ws: Workspace, config: SfmConfig, progress: Progress) -> StageResult:
-    """Images in ``images/`` -> COLMAP model in ``sfm/sparse/0`` and PINHOLE ``sfm/undistorted``."""
-    frames = _check_inputs(ws)
+    """Photos in ``images/`` (or a COLMAP model the user brought in ``input/``) -> a COLMAP model in
+    ``sfm/sparse/0``, PINHOLE ``sfm/undistorted`` for training, and ``sfm/report.json``."""
+    frames = check_sfm_inputs(ws)
+    with colmap_log_to(ws.logs_dir / "sfm.colmap.log"):
+        if frames is None:
+            report = _import_model(ws, progress)
+        else:
+            report = _reconstruct(ws, frames, config, progress)
+    write_sfm_report(ws.sfm_dir, report)
+    progress.log(f"sfm: registered {report.registered}/{report.total} images, {report.points3d} points, "
+                 f"mean reprojection error {report.mean_reprojection_error_px:.3f} px")
+    return StageResult(
+        stage="sfm",
+        outputs={"model": ws.rel(ws.sparse_dir), "undistorted": ws.rel(ws.undistorted_dir),
+                 "report": ws.rel(ws.sfm_dir / "report.json")},
+        metrics=report.model_dump(include={"registered", "total", "points3d", "mean_reprojection_error_px",
+                                           "matcher", "mapper", "source"}),
+    )
+
+
+def _reconstruct(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> SfmReport:
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
-    _log_colmap_to_file(ws)
     steps = _Steps(ws)
     matcher = choose_matcher(frames, config)
     groups = camera_groups(frames, config.camera_mode)
-    progress.log(f"sfm: {len(frames['frames'])} images, {len(groups)} camera group(s), matcher {matcher}, "
+    progress.log(f"sfm: {len(frames.frames)} images, {len(groups)} camera group(s), matcher {matcher}, "
                  f"mapper {config.mapper}")
 
     def timed(step: str, fn: Any) -> None:
@@ -309,56 +308,38 @@ def run_sfm(ws: Workspace, config: SfmConfig, progress: Progress) -> StageResult
         (ws.sfm_dir / "database.db").unlink(missing_ok=True)  # a half-written database from a killed run
     timed("extract", lambda: _extract(ws, frames, config, progress))
     timed("match", lambda: _match(ws, frames, matcher, config, progress))
-    models: dict[str, Any] = {}
 
     def map_and_write() -> None:
         _map(ws, frames, config, progress)
         best, info = _pick_largest(ws, frames, config)
         _write_model(ws, best)
-        models.update(info)
         atomic_write_json(ws.sfm_dir / "models.json", info)
 
     timed("map", map_and_write)
-    if not models:
-        models.update(json.loads((ws.sfm_dir / "models.json").read_text()))
+    models = json.loads((ws.sfm_dir / "models.json").read_text())
     timed("undistort", lambda: _undistort(ws, ws.images_dir, progress))
-    report = build_report(ws, frames, matcher, groups, config, steps.timings, models)
-    atomic_write_json(ws.sfm_dir / "report.json", report)
-    progress.log(f"sfm: registered {report['registered']}/{report['total']} images, {report['points3d']} points, "
-                 f"mean reprojection error {report['mean_reprojection_error_px']:.3f} px")
-    return StageResult(
-        stage="sfm",
-        outputs={"model": ws.rel(ws.sparse_dir), "undistorted": ws.rel(ws.undistorted_dir),
-                 "report": ws.rel(ws.sfm_dir / "report.json")},
-        metrics={k: report[k] for k in ("registered", "total", "points3d", "mean_reprojection_error_px",
-                                        "matcher", "mapper")},
+    return _report(pycolmap.Reconstruction(str(ws.sparse_dir)), total=len(frames.frames), matcher=matcher,
+                   mapper=config.mapper, camera_groups=len(groups), seconds=steps.timings, **models)
+
+
+def _report(model: pycolmap.Reconstruction, **fields: Any) -> SfmReport:
+    return SfmReport(
+        registered=model.num_reg_images(),
+        points3d=model.num_points3D(),
+        mean_reprojection_error_px=float(model.compute_mean_reprojection_error()),
+        mean_track_length=float(model.compute_mean_track_length()),
+        cameras=model.num_cameras(),
+        **fields,
     )
 
 
-def build_report(ws: Workspace, frames: dict, matcher: str, groups: list, config: SfmConfig,
-                 timings: dict[str, float], models: dict) -> dict[str, Any]:
-    model = pycolmap.Reconstruction(str(ws.sparse_dir))
-    return {
-        "registered": model.num_reg_images(),
-        "total": len(frames["frames"]),
-        "unregistered": models.get("unregistered", []),
-        "model_sizes": models.get("model_sizes", []),
-        "points3d": model.num_points3D(),
-        "mean_reprojection_error_px": float(model.compute_mean_reprojection_error()),
-        "mean_track_length": float(model.compute_mean_track_length()),
-        "cameras": model.num_cameras(),
-        "camera_groups": len(groups),
-        "matcher": matcher,
-        "mapper": config.mapper,
-        "seconds": timings,
-    }
-
-
-def import_model(ws: Workspace, model_dir: Path, images_dir: Path, progress: Progress) -> None:
-    """Use a COLMAP model the user brought (--steps train): validate it, then undistort for training."""
+def _import_model(ws: Workspace, progress: Progress) -> SfmReport:
+    """Use the COLMAP model the user brought (--steps train): validate it, then undistort it for training."""
+    model_dir, images_dir = ws.input_dir / "sparse", ws.input_dir / "images"
+    started = time.perf_counter()
     try:
         model = pycolmap.Reconstruction(str(model_dir))
-    except Exception as exc:
+    except Exception as exc:  # pycolmap raises bare RuntimeError/ValueError for unreadable models
         raise SpaceportError(f"{model_dir}: not a readable COLMAP model ({exc}); it needs cameras, images "
                              "and points3D (.bin or .txt)") from exc
     missing = [model.image(i).name for i in model.reg_image_ids() if not (images_dir / model.image(i).name).exists()]
@@ -368,6 +349,7 @@ def import_model(ws: Workspace, model_dir: Path, images_dir: Path, progress: Pro
         raise SpaceportError(f"{model_dir}: the model has {model.num_reg_images()} registered images and "
                              f"{model.num_points3D()} points; training needs >= {MIN_REGISTERED} and a point cloud")
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
-    _log_colmap_to_file(ws)
     _write_model(ws, model)
     _undistort(ws, images_dir, progress)
+    return _report(model, source="model", total=model.num_images(), matcher="none", mapper="none",
+                   camera_groups=model.num_cameras(), seconds={"import": round(time.perf_counter() - started, 2)})

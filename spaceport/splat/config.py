@@ -1,4 +1,4 @@
-"""Settings of the train stage and the presets the pipeline applies over them.
+"""Settings of the train stage (the presets that set them are in ``spaceport.presets``).
 
 Defaults follow the INRIA recipe (learning rates, L1 + 0.2 D-SSIM, SH degree raised every 1000 steps)
 with the changes that made held-out views better on sparse captures (see ``TrainConfig``'s field notes
@@ -8,11 +8,9 @@ regularisation, and a random background.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from spaceport.workspace import SpaceportError
 
 
 class TrainConfig(BaseModel):
@@ -90,37 +88,3 @@ class TrainConfig(BaseModel):
             "init_scale": 0.1 if mcmc else 1.0,
         }
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
-
-
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized: monstree (20 train views) in a few minutes on 2 cores with the torch renderer.
-    "preview": {
-        "max_image_width": 200,
-        "steps": 1500,
-        "sh_degree": 1,
-        "sh_degree_interval": 500,
-        "cap_max": 15_000,
-        "refine_start": 200,
-        "refine_stop": 1000,
-        "refine_every": 100,
-        "reset_opacity_every": 3000,
-        "checkpoint_every": 250,
-        "log_every": 25,
-        "num_renders": 3,
-    },
-    # Full resolution, gsplat on the GPU. 12k steps, not INRIA's 30k: on the H100 monstree trains at 43 steps/s
-    # at 1.2 Mpx, so 30k would take 11.6 min alone against the 5-minute photos-to-SOG goal, and with ~20 photos
-    # the longer schedule only overfits (DESIGN.md: 18.3 dB at 22k steps; ours 18.7 dB at 12k, mcmc 20.0 dB).
-    "standard": {
-        "max_image_width": None,
-        "steps": 12_000,
-        "refine_stop": 6_000,
-    },
-}
-
-
-def apply_preset(preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of a named preset with ``overrides`` applied on top."""
-    if preset not in TRAIN_PRESETS:
-        raise SpaceportError(f"unknown train preset {preset!r}; choose one of {', '.join(TRAIN_PRESETS)}")
-    return TrainConfig(**{**TRAIN_PRESETS[preset], **(overrides or {})})

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from spaceport.splat.ply import SH_REST_COUNTS, Gaussians
+from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians
 from spaceport.splat.render import render
 
 SH_C0 = 0.28209479177387814

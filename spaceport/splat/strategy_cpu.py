@@ -1,18 +1,20 @@
-"""Torch twins of the two CUDA ops ``gsplat.strategy.MCMCStrategy`` calls, so MCMC also runs on the CPU.
+"""``CpuMCMCStrategy``: gsplat's ``MCMCStrategy`` on CPU tensors, through torch twins of its two CUDA ops.
 
-``gsplat.strategy.ops`` binds ``compute_relocation`` and ``quat_scale_to_covar_preci`` at import;
-``cpu_strategy_ops()`` swaps those two names for dispatchers for the duration of a ``with`` block:
-CPU tensors go to the twins below, CUDA tensors to gsplat's kernels as before.
+gsplat 1.5.3's ``relocate``, ``sample_add`` and ``inject_noise_to_position`` call the CUDA kernels
+``compute_relocation`` and ``quat_scale_to_covar_preci`` directly. Rather than swapping those functions inside
+gsplat, the subclass re-states the three steps (same order, same random draws) around the twins below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 
-import gsplat.strategy.ops as strategy_ops
 import torch
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci  # gsplat's own reference, pinned 1.5.3
+from gsplat.strategy import MCMCStrategy
+from gsplat.strategy.ops import _multinomial_sample, _update_param_with_optimizer
+
+Params = dict[str, torch.nn.Parameter] | torch.nn.ParameterDict
 
 
 def compute_relocation_torch(
@@ -38,38 +40,99 @@ def compute_relocation_torch(
     return new_opacities.to(opacities.dtype), new_scales.to(scales.dtype)
 
 
-def quat_scale_to_covar_preci_torch(
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    compute_covar: bool = True,
-    compute_preci: bool = True,
-    triu: bool = False,
-):
-    return _quat_scale_to_covar_preci(quats, scales, compute_covar, compute_preci, triu)
+def shared_footprint(
+    params: Params, sampled: torch.Tensor, binoms: torch.Tensor, min_opacity: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Opacity and scales for each sampled Gaussian so that it and its new copies composite to the original."""
+    opacities = torch.sigmoid(params["opacities"])
+    new_opacities, new_scales = compute_relocation_torch(
+        opacities[sampled], torch.exp(params["scales"])[sampled], torch.bincount(sampled)[sampled] + 1, binoms)
+    return new_opacities.clamp(min=min_opacity, max=1.0 - torch.finfo(torch.float32).eps), new_scales
 
 
-def _dispatch(cuda_op, torch_op, device_argument: str):
-    def dispatcher(*args, **kwargs):
-        tensor = kwargs[device_argument] if device_argument in kwargs else args[0]
-        return (cuda_op if tensor.is_cuda else torch_op)(*args, **kwargs)
+@torch.no_grad()
+def relocate_torch(
+    params: Params, optimizers: dict[str, torch.optim.Optimizer], dead: torch.Tensor, binoms: torch.Tensor,
+    min_opacity: float,
+) -> None:
+    """gsplat's ``ops.relocate``: each dead Gaussian becomes a copy of a live one drawn by opacity."""
+    dead_indices = dead.nonzero(as_tuple=True)[0]
+    alive_indices = (~dead).nonzero(as_tuple=True)[0]
+    opacities = torch.sigmoid(params["opacities"])
+    sampled = alive_indices[_multinomial_sample(opacities[alive_indices].flatten(), len(dead_indices))]
+    new_opacities, new_scales = shared_footprint(params, sampled, binoms, min_opacity)
 
-    dispatcher.__wrapped__ = cuda_op
-    return dispatcher
+    def param_fn(name: str, p: torch.Tensor) -> torch.Tensor:
+        if name == "opacities":
+            p[sampled] = torch.logit(new_opacities)
+        elif name == "scales":
+            p[sampled] = torch.log(new_scales)
+        p[dead_indices] = p[sampled]
+        return torch.nn.Parameter(p, requires_grad=p.requires_grad)
+
+    def optimizer_fn(_key: str, moment: torch.Tensor) -> torch.Tensor:
+        moment[sampled] = 0
+        return moment
+
+    _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
 
 
-@contextmanager
-def cpu_strategy_ops() -> Iterator[None]:
-    """Route gsplat's strategy ops on CPU tensors to the torch twins while the block runs."""
-    originals = {
-        "compute_relocation": strategy_ops.compute_relocation,
-        "quat_scale_to_covar_preci": strategy_ops.quat_scale_to_covar_preci,
-    }
-    strategy_ops.compute_relocation = _dispatch(
-        originals["compute_relocation"], compute_relocation_torch, "opacities")
-    strategy_ops.quat_scale_to_covar_preci = _dispatch(
-        originals["quat_scale_to_covar_preci"], quat_scale_to_covar_preci_torch, "quats")
-    try:
-        yield
-    finally:
-        for name, op in originals.items():
-            setattr(strategy_ops, name, op)
+@torch.no_grad()
+def sample_add_torch(
+    params: Params, optimizers: dict[str, torch.optim.Optimizer], n: int, binoms: torch.Tensor, min_opacity: float
+) -> None:
+    """gsplat's ``ops.sample_add``: ``n`` new copies of Gaussians drawn by opacity."""
+    sampled = _multinomial_sample(torch.sigmoid(params["opacities"]).flatten(), n)
+    new_opacities, new_scales = shared_footprint(params, sampled, binoms, min_opacity)
+
+    def param_fn(name: str, p: torch.Tensor) -> torch.Tensor:
+        if name == "opacities":
+            p[sampled] = torch.logit(new_opacities)
+        elif name == "scales":
+            p[sampled] = torch.log(new_scales)
+        return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
+
+    def optimizer_fn(_key: str, moment: torch.Tensor) -> torch.Tensor:
+        return torch.cat([moment, torch.zeros((len(sampled), *moment.shape[1:]), device=moment.device)])
+
+    _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+
+
+@torch.no_grad()
+def inject_noise_torch(params: Params, scaler: float) -> None:
+    """gsplat's ``ops.inject_noise_to_position``: move nearly transparent Gaussians along their own shape."""
+    opacities = torch.sigmoid(params["opacities"].flatten())
+    covars, _ = _quat_scale_to_covar_preci(params["quats"], torch.exp(params["scales"]), compute_covar=True,
+                                           compute_preci=False, triu=False)
+    transparency_gate = 1 / (1 + torch.exp(-100 * ((1 - opacities) - 0.995)))
+    noise = torch.randn_like(params["means"]) * transparency_gate.unsqueeze(-1) * scaler
+    params["means"].add_(torch.einsum("bij,bj->bi", covars, noise))
+
+
+@dataclass
+class CpuMCMCStrategy(MCMCStrategy):
+    """``MCMCStrategy`` whose relocation, growth and noise run on CPU tensors (gsplat's need CUDA)."""
+
+    def step_post_backward(self, params, optimizers, state, step, info, lr):
+        """As ``MCMCStrategy.step_post_backward``: relocate and add while refining, perturb every step."""
+        binoms = state["binoms"] = state["binoms"].to(params["means"].device)
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            self._relocate_gs(params, optimizers, binoms)
+            self._add_new_gs(params, optimizers, binoms)
+        inject_noise_torch(params, scaler=lr * self.noise_lr)
+
+    @torch.no_grad()
+    def _relocate_gs(self, params, optimizers, binoms) -> int:
+        dead = torch.sigmoid(params["opacities"].flatten()) <= self.min_opacity
+        n_dead = int(dead.sum())
+        if n_dead > 0:
+            relocate_torch(params, optimizers, dead, binoms, self.min_opacity)
+        return n_dead
+
+    @torch.no_grad()
+    def _add_new_gs(self, params, optimizers, binoms) -> int:
+        current = len(params["means"])
+        n_new = max(0, min(self.cap_max, int(1.05 * current)) - current)
+        if n_new > 0:
+            sample_add_torch(params, optimizers, n_new, binoms, self.min_opacity)
+        return n_new

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import signal
 import threading
 import time
@@ -20,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import gsplat
 import torch
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
 from gsplat.strategy.ops import reset_opa
 
+from spaceport.devices import resolve_device
+from spaceport.formats.gaussians import SH_REST_COUNTS, write_ply
 from spaceport.progress import Progress
-from spaceport.splat.config import TRAIN_PRESETS, TrainConfig
+from spaceport.splat.config import TrainConfig
 from spaceport.splat.evaluate import evaluate_views, ssim, to_float_image
 from spaceport.splat.model import (
     empty_params_like,
@@ -36,14 +36,24 @@ from spaceport.splat.model import (
     params_from_gaussians,
     render_params,
 )
-from spaceport.splat.ply import SH_REST_COUNTS, write_ply
 from spaceport.splat.render import resolve_backend
 from spaceport.splat.scene import Scene, View, check_model_dir, load_scene
-from spaceport.splat.strategy_cpu import cpu_strategy_ops
-from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_bytes, atomic_write_json
+from spaceport.splat.strategy_cpu import CpuMCMCStrategy
+from spaceport.workspace import (
+    SpaceportError,
+    StageResult,
+    Workspace,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_to,
+)
 
-CHECKPOINT_VERSION = 1
-__all__ = ["TRAIN_PRESETS", "TrainConfig", "TrainingInterrupted", "run_train"]
+CHECKPOINT_VERSION = 2  # 2: the run's own random streams instead of the global RNGs' states
+# gsplat 1.5.3 tests ``step % reset_every == 0 & step > 0``; ``&`` binds before the comparisons, so it reads
+# ``step % reset_every == 0 > 0`` and never holds: no opacity reset. 1.6.0 fixed it; 1.5.2 and older reset.
+GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET = frozenset({"1.5.3"})
+MULTINOMIAL_LIMIT = 2**24  # above it gsplat's _multinomial_sample draws from numpy's global RNG
+__all__ = ["TrainConfig", "TrainingInterrupted", "run_train"]
 
 
 class TrainingInterrupted(SpaceportError):
@@ -52,18 +62,25 @@ class TrainingInterrupted(SpaceportError):
 
 @dataclass
 class BudgetedDefaultStrategy(DefaultStrategy):
-    """gsplat's DefaultStrategy with a Gaussian budget and the INRIA opacity reset.
+    """gsplat's DefaultStrategy with a Gaussian budget and, on gsplat versions that lost it, the opacity reset.
 
     It never grows past ``cap_max`` Gaussians: when more pass the gradient threshold than there is room
-    for, only those with the highest gradients grow. gsplat 1.5.3 never resets opacities (its test
-    ``step % reset_every == 0 & step > 0`` is always false); this class does, every ``reset_every``
-    steps while refining, as the INRIA recipe does.
+    for, only those with the highest gradients grow. Opacities are reset every ``reset_every`` steps while
+    refining, as the INRIA recipe and gsplat 1.6 do; on gsplat 1.5.3 (``GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET``)
+    the ``reset_opacities_if_due`` hook does it, since gsplat's own test never holds there.
     """
 
     cap_max: int = 1_000_000
+    reset_missing_upstream: bool = gsplat.__version__ in GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET
 
     def step_post_backward(self, params, optimizers, state, step, info, packed=False):
         super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        if self.reset_missing_upstream:
+            self.reset_opacities_if_due(params, optimizers, state, step)
+
+    @torch.no_grad()
+    def reset_opacities_if_due(self, params, optimizers, state, step) -> None:
+        """gsplat 1.6's reset: every ``reset_every`` steps before ``refine_stop_iter``, not at step 0."""
         if 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
             reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
@@ -85,11 +102,59 @@ class BudgetedDefaultStrategy(DefaultStrategy):
             self.grow_grad2d = configured
 
 
+class RunRandomness:
+    """The run's own random streams, saved in checkpoints so that a resumed run draws the same numbers.
+
+    ``background`` draws the random training backgrounds, on the training device. ``library`` is what gsplat's
+    strategies draw from: they use the global torch RNG (``randn_like`` noise and splits, ``multinomial``
+    relocation), so ``library_stream()`` lends them the run's state and gives the caller's back afterwards.
+    """
+
+    def __init__(self, seed: int, device: torch.device):
+        self.device = device
+        self.background = torch.Generator(device).manual_seed(seed)
+        self.library_cpu = torch.Generator().manual_seed(seed + 1).get_state()
+        cuda = self._cuda_index() is not None
+        self.library_cuda = torch.Generator(device).manual_seed(seed + 1).get_state() if cuda else None
+
+    def _cuda_index(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    @contextmanager
+    def library_stream(self) -> Iterator[None]:
+        """The global torch RNG (CPU and the run's GPU) on the run's library stream, the caller's restored after.
+
+        Global while the block runs: two runs in threads of one process must not step their strategies at once.
+        """
+        index = self._cuda_index()
+        with torch.random.fork_rng(devices=[] if index is None else [index]):
+            torch.set_rng_state(self.library_cpu)
+            if index is not None:
+                torch.cuda.set_rng_state(self.library_cuda, index)
+            yield
+            self.library_cpu = torch.get_rng_state()
+            if index is not None:
+                self.library_cuda = torch.cuda.get_rng_state(index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"device_type": self.device.type, "background": self.background.get_state(),
+                "library_cpu": self.library_cpu, "library_cuda": self.library_cuda}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.background.set_state(saved["background"].cpu())
+        self.library_cpu = saved["library_cpu"].cpu()
+        if self.library_cuda is not None:
+            self.library_cuda = saved["library_cuda"].cpu()
+
+
 @dataclass
 class TrainingState:
     params: torch.nn.ParameterDict
     optimizers: dict[str, torch.optim.Adam]
     strategy_state: dict[str, Any]
+    rng: RunRandomness
     step: int = 0  # steps completed
     elapsed_seconds: float = 0.0  # training-loop time over all runs
 
@@ -128,27 +193,14 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress) -> StageRe
     """Train a splat on ``sfm/undistorted`` and write ``train/``: splat.ply, eval.json, metrics.jsonl,
     ckpt/step_NNNNNN.pt and renders/*.png. Resumes from the newest checkpoint if one exists."""
     started = time.perf_counter()
-    config = config.resolved()
-    model_dir, images_dir = ws.undistorted_dir / "sparse", ws.undistorted_dir / "images"
-    check_model_dir(model_dir, images_dir)
-    device = resolve_device(config.device)
-    backend = resolve_backend(config.backend, device)
-    scene = load_scene(model_dir, images_dir, max_width=config.max_image_width,
-                       holdout_every=config.holdout_every, max_points=config.max_init_points,
-                       seed=config.seed).to(device)
-    first = scene.train_views[0]
-    progress.log(
-        f"train: {len(scene.train_views)} training / {len(scene.test_views)} held-out views at "
-        f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
-        f"backend {backend} on {device}, strategy {config.strategy}"
-    )
-    run = TrainRun(config, scene, device, backend, make_strategy(config), ws.train_dir, progress)
+    run = prepare_run(ws, config, progress)
+    config, device, backend, first = run.config, run.device, run.backend, run.scene.train_views[0]
     state, resumed_from = resume_or_start(run)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps_before = state.step
     loop_started = time.perf_counter()
-    with stop_requests() as stop, cpu_strategy_ops():
+    with stop_requests() as stop:
         train_loop(run, state, stop)
     loop_seconds = time.perf_counter() - loop_started
     steps_run = state.step - steps_before
@@ -181,17 +233,32 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress) -> StageRe
     return StageResult("train", seconds=time.perf_counter() - started, outputs=outputs, metrics=metrics)
 
 
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise SpaceportError("train: device 'cuda' asked for but CUDA is not available; use device=auto or cpu")
-    return torch.device(requested)
+def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> TrainRun:
+    """The resolved config, the scene on its device, the renderer and the strategy of one run."""
+    config = config.resolved()
+    model_dir, images_dir = ws.undistorted_dir / "sparse", ws.undistorted_dir / "images"
+    check_model_dir(model_dir, images_dir)
+    device = resolve_device(config.device, "train")
+    backend = resolve_backend(config.backend, device)
+    scene = load_scene(model_dir, images_dir, max_width=config.max_image_width,
+                       holdout_every=config.holdout_every, max_points=config.max_init_points,
+                       seed=config.seed).to(device)
+    first = scene.train_views[0]
+    progress.log(
+        f"train: {len(scene.train_views)} training / {len(scene.test_views)} held-out views at "
+        f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
+        f"backend {backend} on {device}, strategy {config.strategy}"
+    )
+    return TrainRun(config, scene, device, backend, make_strategy(config, device), ws.train_dir, progress)
 
 
-def make_strategy(config: TrainConfig) -> DefaultStrategy | MCMCStrategy:
+def make_strategy(config: TrainConfig, device: torch.device) -> DefaultStrategy | MCMCStrategy:
     if config.strategy == "mcmc":
-        return MCMCStrategy(
+        if config.cap_max > MULTINOMIAL_LIMIT:
+            raise SpaceportError(f"train.cap_max {config.cap_max} is above {MULTINOMIAL_LIMIT} with strategy mcmc, "
+                                 "where gsplat samples from numpy's global random state; lower train.cap_max")
+        mcmc_class = CpuMCMCStrategy if device.type == "cpu" else MCMCStrategy
+        return mcmc_class(
             cap_max=config.cap_max, noise_lr=config.mcmc_noise_lr, refine_start_iter=config.refine_start,
             refine_stop_iter=config.refine_stop, refine_every=config.refine_every,
         )
@@ -223,15 +290,12 @@ def means_lr_at(config: TrainConfig, extent: float, step: int) -> float:
 
 def start_state(run: TrainRun) -> TrainingState:
     config, scene = run.config, run.scene
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
     gaussians = gaussians_from_points(scene.points, scene.colors, sh_degree=config.sh_degree,
                                       opacity=config.init_opacity, scale=config.init_scale)
     params = params_from_gaussians(gaussians, run.device)
     optimizers = make_optimizers(params, learning_rates(config, scene.extent))
     run.strategy.check_sanity(params, optimizers)
-    return TrainingState(params, optimizers, initial_strategy_state(run))
+    return TrainingState(params, optimizers, initial_strategy_state(run), RunRandomness(config.seed, run.device))
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -277,10 +341,10 @@ def train_step(run: TrainRun, state: TrainingState) -> torch.Tensor:
     means_lr = means_lr_at(config, run.scene.extent, state.step)
     for group in state.optimizers["means"].param_groups:
         group["lr"] = means_lr
-    background = training_background(config.background, run.device)
+    background = training_background(config.background, run.device, state.rng.background)
     colors, _, info = render_params(
         params, view.viewmat[None], view.K[None], view.width, view.height,
-        sh_degree=min(state.step // config.sh_degree_interval, config.sh_degree),
+        sh_degree=sh_degree_at(config, state.step),
         backgrounds=background[None], backend=run.backend, absgrad=config.absgrad,
     )
     loss = photometric_loss(colors, to_float_image(view)[None], config.ssim_lambda)
@@ -293,12 +357,18 @@ def train_step(run: TrainRun, state: TrainingState) -> torch.Tensor:
     for optimizer in state.optimizers.values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if isinstance(run.strategy, MCMCStrategy):
-        run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info,
-                                        lr=means_lr)
-    else:
-        run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info)
+    with state.rng.library_stream():
+        if isinstance(run.strategy, MCMCStrategy):
+            run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info,
+                                            lr=means_lr)
+        else:
+            run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info)
     return loss
+
+
+def sh_degree_at(config: TrainConfig, step: int) -> int:
+    """One more SH degree every ``sh_degree_interval`` steps, up to ``sh_degree``."""
+    return min(step // config.sh_degree_interval, config.sh_degree)
 
 
 def photometric_loss(rendered: torch.Tensor, truth: torch.Tensor, ssim_lambda: float) -> torch.Tensor:
@@ -315,9 +385,9 @@ def next_view(run: TrainRun, step: int) -> View:
     return views[int(torch.randperm(len(views), generator=generator)[position])]
 
 
-def training_background(kind: str, device: torch.device) -> torch.Tensor:
+def training_background(kind: str, device: torch.device, generator: torch.Generator) -> torch.Tensor:
     if kind == "random":
-        return torch.rand(3, device=device)
+        return torch.rand(3, device=device, generator=generator)
     return torch.full((3,), 1.0 if kind == "white" else 0.0, device=device)
 
 
@@ -334,7 +404,7 @@ def log_step(run: TrainRun, state: TrainingState, mean_loss: float, rate: float)
         "step": state.step,
         "loss": round(mean_loss, 6),
         "num_gaussians": len(state.params["means"]),
-        "sh_degree": min(state.step // config.sh_degree_interval, config.sh_degree),
+        "sh_degree": sh_degree_at(config, state.step),
         "lr_means": means_lr_at(config, run.scene.extent, state.step),
         "steps_per_second": round(rate, 3),
         "elapsed_seconds": round(state.elapsed_seconds, 2),
@@ -413,18 +483,10 @@ def save_checkpoint(run: TrainRun, state: TrainingState) -> Path:
         "params": {name: p.detach() for name, p in state.params.items()},
         "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
         "strategy_state": state.strategy_state,
-        "rng": capture_rng(),
+        "rng": state.rng.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write_to(path) as file:
+        torch.save(payload, file)
     for old in list_checkpoints(run.checkpoint_dir)[: -run.config.keep_checkpoints]:
         old.unlink(missing_ok=True)
     return path
@@ -466,34 +528,14 @@ def load_checkpoint(path: Path, run: TrainRun) -> TrainingState:
     optimizers = make_optimizers(params, learning_rates(run.config, run.scene.extent))
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(payload["optimizers"][name])
-    restore_rng(payload["rng"], run.device)
-    return TrainingState(params, optimizers, payload["strategy_state"], payload["step"],
+    rng = RunRandomness(run.config.seed, run.device)
+    if payload["rng"]["device_type"] == run.device.type:
+        rng.load_state_dict(payload["rng"])
+    else:
+        run.progress.log(f"train: the checkpoint was made on {payload['rng']['device_type']}; on {run.device.type} "
+                         "the random streams start again from the seed")
+    return TrainingState(params, optimizers, payload["strategy_state"], rng, payload["step"],
                          payload["elapsed_seconds"])
-
-
-def capture_rng() -> dict[str, Any]:
-    numpy_state = np.random.get_state()
-    python_state = random.getstate()
-    rng = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
-        "python": {"version": python_state[0], "state": list(python_state[1]), "gauss": python_state[2]},
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    numpy_rng = rng["numpy"]
-    np.random.set_state(("MT19937", numpy_rng["keys"].cpu().numpy().astype(np.uint32), numpy_rng["pos"],
-                         numpy_rng["has_gauss"], numpy_rng["cached_gaussian"]))
-    python_rng = rng["python"]
-    random.setstate((python_rng["version"], tuple(python_rng["state"]), python_rng["gauss"]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
 
 
 # -- signals ---------------------------------------------------------------------------------------

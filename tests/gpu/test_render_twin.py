@@ -6,6 +6,7 @@ about a minute with MAX_JOBS=16). Skipped where CUDA is absent.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,6 +17,14 @@ from spaceport.splat.render import render
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's kernels need CUDA")
 
 N_GAUSSIANS, WIDTH, HEIGHT, SH_DEGREE = 60_000, 320, 256, 3
+# Measured on the H200 (torch 2.11, CUDA 13): image 1.9e-7 mean / 8.0e-5 max, alpha 2.1e-8 / 1.2e-5,
+# radii and depths identical, means2d 3.1e-5 px, relative gradient errors 1.5e-5 to 1.3e-4. Limits: ~4x those.
+TOLERANCES = {
+    "image_mean_abs": 1e-6, "image_max_abs": 5e-4, "alpha_mean_abs": 1e-7, "alpha_max_abs": 1e-4,
+    "radii_differ_fraction": 1e-4, "radii_max_diff": 1, "means2d_max_abs": 2e-4, "depths_max_rel": 1e-6,
+    **{f"grad_rel_{name}": 5e-4 for name in ("means", "scales", "quats", "opacities", "colors", "means2d",
+                                              "means2d_abs")},
+}
 
 
 def camera(yaw: float, distance: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,16 +99,21 @@ def test_torch_backend_on_cuda_matches_gsplat():
     assert visible[0].float().mean() > 0.95, "the scene must fill the first view"
     assert alpha_ref.mean() > 0.5, "the scene must cover most pixels"
 
-    assert (image - image_ref).abs().mean() < 1e-3
-    assert (alpha - alpha_ref).abs().mean() < 1e-3
     radii_differ = (info["radii"] != info_ref["radii"]).any(dim=-1)
-    assert radii_differ.float().mean() < 1e-3
-    assert (info["radii"] - info_ref["radii"]).abs().max() <= 1
     both = visible & ~radii_differ
-    torch.testing.assert_close(info["means2d"][both], info_ref["means2d"][both], rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(info["depths"][both], info_ref["depths"][both], rtol=1e-5, atol=1e-5)
-
     errors = {name: relative_error(grads[name], grads_ref[name]) for name in grads_ref}
-    print("relative gradient errors:", {name: f"{error:.2e}" for name, error in errors.items()})
-    for name in ("means", "scales", "quats", "opacities", "colors", "means2d", "means2d_abs"):
-        assert errors[name] < 1e-2, (name, errors[name])
+    measured = {
+        "image_mean_abs": (image - image_ref).abs().mean().item(),
+        "image_max_abs": (image - image_ref).abs().max().item(),
+        "alpha_mean_abs": (alpha - alpha_ref).abs().mean().item(),
+        "alpha_max_abs": (alpha - alpha_ref).abs().max().item(),
+        "radii_differ_fraction": radii_differ.float().mean().item(),
+        "radii_max_diff": (info["radii"] - info_ref["radii"]).abs().max().item(),
+        "means2d_max_abs": (info["means2d"][both] - info_ref["means2d"][both]).abs().max().item(),
+        "depths_max_rel": ((info["depths"][both] - info_ref["depths"][both]).abs()
+                           / info_ref["depths"][both].abs()).max().item(),
+        **{f"grad_rel_{name}": error for name, error in errors.items()},
+    }
+    print("twin measurements:", json.dumps(measured))
+    for name, limit in TOLERANCES.items():
+        assert measured[name] <= limit, (name, measured[name], limit)

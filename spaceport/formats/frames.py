@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from spaceport.ingest.exif import ExifSummary
+from spaceport.formats.base import read_model, write_model
 
 MANIFEST_NAME = "frames.json"
+
+
+class ExifSummary(BaseModel):
+    make: str | None = None
+    model: str | None = None
+    focal_length_mm: float | None = None
+    focal_length_35mm: float | None = None
+    gps: tuple[float, float, float | None] | None = None  # latitude, longitude (degrees), altitude (m)
+    datetime: str | None = None  # ISO 8601, from DateTimeOriginal or DateTime
 
 
 class FrameRecord(BaseModel):
@@ -53,3 +63,11 @@ class FramesManifest(BaseModel):
     frames: list[FrameRecord]
     dropped: list[DroppedRecord]
     video: VideoSummary | None = None
+
+
+def read_frames(images_dir: Path) -> FramesManifest:
+    return read_model(images_dir / MANIFEST_NAME, FramesManifest, "run the ingest stage again (--force ingest)")
+
+
+def write_frames(images_dir: Path, manifest: FramesManifest) -> None:
+    write_model(images_dir / MANIFEST_NAME, manifest)

@@ -12,21 +12,31 @@ step selection includes the stage it measures, and the score is 100 x earned / p
 
 from __future__ import annotations
 
-import html
-import json
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
+from spaceport.formats import (
+    Report,
+    read_evaluation,
+    read_frames,
+    read_job,
+    read_ply,
+    read_report,
+    read_sog,
+    write_report,
+)
+from spaceport.formats.job import STEP_STAGES
 from spaceport.progress import Progress
-from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_bytes, atomic_write_json
+from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_bytes
 
 PIPELINE_STAGES = ("ingest", "sfm", "train", "compress")
 
 
 class ReportConfig(BaseModel):
-    min_score: float = 0.0  # the stage itself never fails on score; `spaceport validate` applies a threshold
+    """The report has no settings yet; it never fails on the score (`spaceport validate --min-score` does)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def _clamp01(x: float) -> float:
@@ -34,21 +44,18 @@ def _clamp01(x: float) -> float:
 
 
 def _job_stages(ws: Workspace) -> list[str]:
-    from spaceport.pipeline import STEP_STAGES
-
-    steps = ws.read_job().get("steps", "full")
-    return [s for s in STEP_STAGES.get(steps, list(PIPELINE_STAGES)) if s in PIPELINE_STAGES]
+    return [s for s in STEP_STAGES[read_job(ws.root).steps] if s in PIPELINE_STAGES]
 
 
 # -- re-reading each stage's outputs ----------------------------------------------------------------
 
 
 def _check_images(ws: Workspace) -> dict[str, Any]:
-    frames_file = ws.images_dir / "frames.json"
-    if not frames_file.exists():
-        return {"ok": False, "error": f"{frames_file} missing"}
-    frames = json.loads(frames_file.read_text())["frames"]
-    missing = [f["file"] for f in frames if not (ws.images_dir / f["file"]).exists()]
+    try:
+        frames = read_frames(ws.images_dir).frames
+    except SpaceportError as exc:
+        return {"ok": False, "error": str(exc)}
+    missing = [f.file for f in frames if not (ws.images_dir / f.file).exists()]
     return {"ok": not missing and len(frames) >= 3, "images": len(frames), "missing": missing}
 
 
@@ -59,8 +66,7 @@ def _check_sfm(ws: Workspace) -> dict[str, Any]:
         model = pycolmap.Reconstruction(str(ws.sparse_dir))
     except Exception as exc:  # pycolmap raises a bare RuntimeError/ValueError for unreadable models
         return {"ok": False, "error": f"{ws.sparse_dir}: {exc}"}
-    frames_file = ws.images_dir / "frames.json"
-    total = len(json.loads(frames_file.read_text())["frames"]) if frames_file.exists() else model.num_images()
+    total = len(read_frames(ws.images_dir).frames) if ws.is_done("ingest") else model.num_images()
     registered = model.num_reg_images()
     undistorted = (ws.undistorted_dir / "sparse").is_dir()
     return {"ok": registered >= 3 and undistorted, "registered": registered, "total": total,
@@ -69,32 +75,23 @@ def _check_sfm(ws: Workspace) -> dict[str, Any]:
 
 
 def _check_train(ws: Workspace) -> dict[str, Any]:
-    from spaceport.splat.ply import read_ply
-
     try:
         gaussians = read_ply(ws.splat_ply)
         gaussians.validate(str(ws.splat_ply))
     except SpaceportError as exc:
         return {"ok": False, "error": str(exc)}
     out: dict[str, Any] = {"ok": True, "num_gaussians": len(gaussians), "ply_bytes": ws.splat_ply.stat().st_size}
-    eval_file = ws.train_dir / "eval.json"
-    if eval_file.exists():
-        evaluation = json.loads(eval_file.read_text())
-        mean = evaluation.get("mean", evaluation)
-        out["psnr"] = mean.get("psnr")
-        out["ssim"] = mean.get("ssim")
-        out["eval_views"] = len(evaluation.get("views", []))
-    else:
-        out["ok"] = False
-        out["error"] = f"{eval_file} missing"
-    return out
+    try:
+        evaluation = read_evaluation(ws.train_dir)
+    except SpaceportError as exc:
+        return {**out, "ok": False, "error": str(exc)}
+    return {**out, "psnr": evaluation.psnr, "ssim": evaluation.ssim, "eval_views": evaluation.num_views,
+            "held_out": evaluation.held_out}
 
 
 def _check_compress(ws: Workspace) -> dict[str, Any]:
     if not ws.sog_path.exists():
         return {"ok": False, "error": f"{ws.sog_path} missing"}
-    from spaceport.compress import read_sog
-
     try:
         decoded = read_sog(ws.sog_path)
     except Exception as exc:  # any decode failure means the file is not valid SOG
@@ -133,7 +130,7 @@ def quality_score(stages: list[str], checks: dict[str, dict[str, Any]]) -> tuple
     return score, {k: {"earned": round(e, 2), "possible": p} for k, (e, p) in parts.items()}
 
 
-def build_report(ws: Workspace) -> dict[str, Any]:
+def build_report(ws: Workspace) -> Report:
     stages = _job_stages(ws)
     checks = {stage: CHECKS[stage](ws) for stage in stages}
     score, parts = quality_score(stages, checks)
@@ -144,76 +141,43 @@ def build_report(ws: Workspace) -> dict[str, Any]:
                                                                             if k.startswith("peak_")}}
                           if result else {"status": "not run"})
     total = round(sum(t.get("seconds", 0) for t in timings.values()), 2)
-    return {"workspace": str(ws.root), "steps": ws.read_job().get("steps"), "stages": timings,
-            "total_seconds": total, "checks": checks, "quality_score": score, "score_parts": parts}
+    return Report(workspace=str(ws.root), steps=read_job(ws.root).steps, stages=timings, total_seconds=total,
+                  checks=checks, quality_score=score, score_parts=parts)
 
 
 def run_report(ws: Workspace, config: ReportConfig, progress: Progress) -> StageResult:
     report = build_report(ws)
-    atomic_write_json(ws.report_dir / "report.json", report)
+    write_report(ws.report_dir, report)
     atomic_write_bytes(ws.report_dir / "index.html", render_html(ws, report).encode())
-    progress.log(f"report: quality score {report['quality_score']} / 100")
+    progress.log(f"report: quality score {report.quality_score} / 100")
     return StageResult(stage="report", outputs={"report": "report/report.json", "html": "report/index.html"},
-                       metrics={"quality_score": report["quality_score"]})
+                       metrics={"quality_score": report.quality_score})
 
 
-def validate_workspace(ws: Workspace) -> dict[str, Any]:
+def validate_workspace(ws: Workspace) -> Report:
     """Recompute the report from the workspace's files; flag where report/report.json disagrees."""
     if not ws.job_file.exists():
         raise SpaceportError(f"{ws.root}: no job.json; this is not a spaceport workspace")
     report = build_report(ws)
-    stored_file = ws.report_dir / "report.json"
-    mismatches = []
-    if stored_file.exists():
-        stored = json.loads(stored_file.read_text())
-        if abs(stored.get("quality_score", -1) - report["quality_score"]) > 0.5:
-            mismatches.append(f"stored quality score {stored.get('quality_score')} != recomputed "
-                              f"{report['quality_score']}")
-    else:
-        mismatches.append(f"{stored_file} missing")
-    report["mismatches"] = mismatches
-    if mismatches:
-        report["quality_score"] = min(report["quality_score"], 0.0)
+    if "report" not in STEP_STAGES[report.steps]:  # e.g. --steps sfm: there is no stored report to compare
+        return report
+    try:
+        stored = read_report(ws.report_dir)
+        if abs(stored.quality_score - report.quality_score) > 0.5:
+            report.mismatches.append(f"stored quality score {stored.quality_score} != recomputed "
+                                     f"{report.quality_score}")
+    except SpaceportError as exc:
+        report.mismatches.append(str(exc))
+    if report.mismatches:
+        report.quality_score = min(report.quality_score, 0.0)
     return report
 
 
 # -- HTML ------------------------------------------------------------------------------------------
 
 
-def _loss_curve_svg(metrics_file: Path) -> str:
-    if not metrics_file.exists():
-        return ""
-    points = []
-    for line in metrics_file.read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row and "step" in row:
-            points.append((row["step"], row["loss"]))
-    if len(points) < 2:
-        return ""
-    max_step = max(s for s, _ in points) or 1
-    max_loss = max(v for _, v in points) or 1
-    path = " ".join(f"{600 * s / max_step:.1f},{200 - 190 * v / max_loss:.1f}" for s, v in points)
-    return (f'<svg width="600" height="200" style="border:1px solid #ccc"><polyline fill="none" stroke="#36c" '
-            f'points="{path}"/></svg><p>training loss over {max_step} steps (max {max_loss:.4f})</p>')
+def render_html(ws: Workspace, report: Report) -> str:
+    """report/index.html: see spaceport.report.html (imported here: matplotlib and jinja2 load only when used)."""
+    from spaceport.report.html import render_report_page
 
-
-def render_html(ws: Workspace, report: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(stage)}</td><td>{t.get('status')}</td><td>{t.get('seconds', '')}</td>"
-        f"<td>{t.get('peak_rss_gib', '')}</td><td>{t.get('peak_gpu_gib', '')}</td>"
-        f"<td><pre>{html.escape(json.dumps(report['checks'].get(stage, {}), indent=1))}</pre></td></tr>"
-        for stage, t in report["stages"].items())
-    renders = "".join(f'<figure><img src="../train/renders/{p.name}" width="800"><figcaption>{p.name}'
-                      f"</figcaption></figure>" for p in sorted((ws.train_dir / "renders").glob("*.png")))
-    parts = "".join(f"<li>{k}: {v['earned']} / {v['possible']}</li>" for k, v in report["score_parts"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Spaceport report</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ddd;padding:4px;vertical-align:top}}
-table{{border-collapse:collapse}} pre{{margin:0;font-size:11px}}</style></head><body>
-<h1>Spaceport report: quality score {report['quality_score']} / 100</h1>
-<p>Workspace {html.escape(report['workspace'])}, steps {report['steps']}, total {report['total_seconds']} s</p>
-<ul>{parts}</ul>
-<table><tr><th>stage</th><th>status</th><th>seconds</th><th>peak RSS GiB</th><th>peak GPU GiB</th>
-<th>checks</th></tr>{rows}</table>
-<h2>Training</h2>{_loss_curve_svg(ws.train_dir / "metrics.jsonl")}
-<h2>Held-out views (photo | render)</h2>{renders}
-</body></html>"""
+    return render_report_page(ws, report)

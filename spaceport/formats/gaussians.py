@@ -1,4 +1,4 @@
-"""INRIA-layout 3DGS PLY read/write (the layout SuperSplat, PlayCanvas and the INRIA viewer read).
+"""Gaussians in memory and the INRIA-layout 3DGS PLY (the layout SuperSplat, PlayCanvas and the INRIA viewer read).
 
 Properties, float32 little-endian, in this order:
 ``x y z nx ny nz f_dc_0..2 f_rest_0..(3*K-1) opacity scale_0..2 rot_0..3``.
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from spaceport.workspace import SpaceportError
+from spaceport.errors import SpaceportError
+from spaceport.formats.atomic import atomic_write_to
 
 SH_REST_COUNTS = {0: 0, 1: 3, 2: 8, 3: 15}  # coefficients per channel beyond DC, by SH degree
 REQUIRED = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -61,8 +62,6 @@ class Gaussians:
 
 def write_ply(path: str | Path, g: Gaussians) -> None:
     """Write ``g`` as a binary little-endian INRIA PLY (atomically)."""
-    from spaceport.workspace import atomic_write_bytes
-
     n, k = len(g), g.shN.shape[1]
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
     names += [f"f_rest_{i}" for i in range(3 * k)]
@@ -77,11 +76,8 @@ def write_ply(path: str | Path, g: Gaussians) -> None:
     record_view = record.view("<f4").reshape(n, len(names))
     record_view[:] = data
     element = PlyElement.describe(record, "vertex")
-    import io
-
-    buffer = io.BytesIO()
-    PlyData([element], text=False, byte_order="<").write(buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    with atomic_write_to(path) as file:
+        PlyData([element], text=False, byte_order="<").write(file)
 
 
 def read_ply(path: str | Path) -> Gaussians:
