@@ -11,7 +11,9 @@ python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-.venv/bin/pip install -q -e '.[dev]'
+# constraints.txt pins every dependency to the versions the tests last passed with (a fresh resolve of the
+# s3fs / aiobotocore / boto3 / moto family otherwise backtracks for many minutes)
+.venv/bin/pip install -q -c constraints.txt -e '.[dev]'
 if [ -f tests/js/package.json ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
@@ -22,4 +24,17 @@ npm run build --prefix web --silent
 if [ ! -x /usr/bin/chromium ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi
+# the service tests talk to real servers on loopback: Redis (Celery's broker) and PostgreSQL (the job store)
+if ! command -v redis-server >/dev/null || ! command -v pg_ctlcluster >/dev/null; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server postgresql
+fi
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis \
+    --logfile /var/log/redis/ci.log
+fi
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start
 fi
