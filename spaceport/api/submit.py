@@ -15,8 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from spaceport.api.schemas import JobCreate
 from spaceport.api.uploads import JOB_PART_LIMIT, UploadRefused, check_files_for_steps, receive_multipart
+from spaceport.formats.job import STEP_STAGES
 from spaceport.jobs.layout import job_locations
 from spaceport.jobs.models import Job, Owner
+from spaceport.jobs.runner import stage_resource
 from spaceport.jobs.store import JobLimitReached, Store, new_job_id
 from spaceport.settings import Settings
 from spaceport.storage import InputUrlError, check_input_url, open_storage
@@ -48,22 +50,6 @@ def resolve_job_config(preset: str, settings: dict[str, Any]) -> dict[str, Any]:
         raise HTTPException(422, f"settings: {validation_message(exc)}") from None
 
 
-def stage_resource(stage: str) -> str:
-    """Resource class ("cpu" | "gpu") of a stage, from the stage registry."""
-    from spaceport import pipeline
-
-    stages = getattr(pipeline, "STAGES", None)
-    if isinstance(stages, dict) and stage in stages:
-        return stages[stage].resource
-    return "gpu" if stage == "train" else "cpu"
-
-
-def first_stage(steps: str) -> str:
-    from spaceport.pipeline import STEP_STAGES
-
-    return STEP_STAGES[steps][0]
-
-
 def checked_input_url(url: str, settings: Settings) -> str:
     try:
         return check_input_url(url, settings.import_roots)
@@ -78,7 +64,7 @@ def record_job(store: Store, settings: Settings, owner: Owner, job_id: str, spec
         return store.create_job(
             owner.id, job_id=job_id, input_url=input_url, steps=spec.steps, preset=spec.preset,
             settings=spec.settings, config=config, workspace_url=job_locations(settings, job_id).workspace_url,
-            resource=stage_resource(first_stage(spec.steps)), notify_email=notify.email if notify else None,
+            resource=stage_resource(STEP_STAGES[spec.steps][0]), notify_email=notify.email if notify else None,
             webhook_url=notify.webhook_url if notify else None, max_active=settings.max_running_jobs_per_owner)
     except JobLimitReached as exc:
         raise HTTPException(429, str(exc)) from None
