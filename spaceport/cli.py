@@ -90,7 +90,7 @@ def run(
     sh_bands: int | None = typer.Option(None, help="SH bands kept in the SOG (0-3)"),
 ) -> None:
     """Run the stages of a step selection on INPUT into workspace OUTPUT (resumable)."""
-    from spaceport.pipeline import STEP_STAGES
+    from spaceport.formats.job import STEP_STAGES
 
     if steps not in STEP_STAGES:
         _fail(f"--steps {steps}: choose one of {', '.join(STEP_STAGES)}")
@@ -100,13 +100,16 @@ def run(
                                 "train_steps": train_steps, "backend": backend, "sh_bands": sh_bands})
     config = _resolve(preset, settings)  # every setting is checked before anything is written
 
-    from spaceport.pipeline import run_pipeline
     from spaceport.workspace import Workspace
 
     ws = Workspace(output)
     try:
-        results = run_pipeline(ws, steps, config, _rich_progress, source=input, force=tuple(force), preset=preset,
-                               settings=settings)
+        # the lock first, the stages' heavy imports (torch, pycolmap) after: a busy workspace is reported at once
+        with ws.lock("spaceport run", log=ws.stage_logger("pipeline").info):
+            from spaceport.pipeline import run_pipeline
+
+            results = run_pipeline(ws, steps, config, _rich_progress, source=input, force=tuple(force),
+                                   preset=preset, settings=settings, holder=None)
     except SpaceportError as exc:
         _fail(str(exc), code=exc.exit_code)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -204,10 +205,12 @@ def run_stage(ws: Workspace, name: str, config: PipelineConfig, make_progress: P
 
 def run_pipeline(ws: Workspace, steps: str, config: PipelineConfig, make_progress: ProgressFactory,
                  source: Path | None = None, force: tuple[str, ...] = (), *, preset: str = "standard",
-                 settings: dict[str, Any] | None = None, holder: str = "spaceport run") -> list[StageResult]:
+                 settings: dict[str, Any] | None = None, holder: str | None = "spaceport run") -> list[StageResult]:
     """Run the stages of ``steps`` in order under the workspace lock; finished stages are skipped (resume).
 
     ``force`` redoes the named stages and, since their outputs change, every later stage of the selection.
+    ``holder`` names who takes the lock; None when the caller holds it already (the CLI takes it before it
+    imports the stages, so that a busy workspace is reported at once).
     """
     if steps not in STEP_STAGES:
         raise SpaceportError(f"--steps {steps}: choose one of {', '.join(STEP_STAGES)}")
@@ -215,7 +218,7 @@ def run_pipeline(ws: Workspace, steps: str, config: PipelineConfig, make_progres
     unknown = [s for s in force if s not in names]
     if unknown:
         raise SpaceportError(f"--force {', '.join(unknown)}: not a stage of --steps {steps} ({', '.join(names)})")
-    with ws.lock(holder, log=ws.stage_logger("pipeline").info):
+    with ws.lock(holder, log=ws.stage_logger("pipeline").info) if holder else nullcontext():
         prepare_job(ws, steps, config, source, preset=preset, settings=settings)
         if force:
             for name in names[min(names.index(s) for s in force):]:
