@@ -89,12 +89,17 @@ def choose_matcher(frames: FramesManifest, config: SfmConfig) -> str:
 # -- progress from the COLMAP database -------------------------------------------------------------
 
 
-def _count_rows(database: Path, table: str) -> int:
+def _count_rows(database: Path, table: str) -> int | None:
+    """Rows COLMAP has written so far, or None while they cannot be read.
+
+    ``nolock=1``: our reader takes no lock, because COLMAP aborts the whole process ("database is locked") when
+    one of its writes meets a reader's lock; a count read during a write may be off, which a progress bar can bear.
+    """
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.2) as conn:
+        with sqlite3.connect(f"file:{database}?mode=ro&nolock=1", uri=True, timeout=0.2) as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
     except sqlite3.Error:
-        return 0
+        return None
 
 
 @contextmanager
@@ -104,7 +109,9 @@ def _poll_database(task: Any, database: Path, table: str) -> Iterator[None]:
 
     def poll() -> None:
         while not stop.wait(0.5):
-            task.update(completed=_count_rows(database, table))
+            count = _count_rows(database, table)
+            if count is not None:
+                task.update(completed=count)
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
