@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spaceport.api.routers import artifacts, jobs, legacy, service
+from spaceport.api.routers import artifacts, jobs, legacy, pages, service
 from spaceport.api.submit import validation_message
 from spaceport.jobs.store import JobLimitReached, Store, open_store
 from spaceport.settings import Settings
@@ -45,7 +46,8 @@ def create_app(settings: Settings, store: Store | None = None, *, sse_poll_s: fl
     app.state.store = store if store is not None else open_store(settings.resolved_database_url)
     app.state.sse_poll_s = sse_poll_s
     app.state.dispatcher = dispatcher
-    for router in (jobs.router, artifacts.router, legacy.router, service.router):
+    app.state.link_secret = secrets.token_bytes(32)  # signs ?token= links (deps.issue_link_token)
+    for router in (jobs.router, artifacts.router, legacy.router, service.router, pages.router):
         app.include_router(router)
     _add_error_handlers(app)
     return app

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException, Request
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from spaceport.jobs.models import Job, Owner
@@ -42,6 +49,69 @@ def job_not_found(job_id: str) -> HTTPException:
 
 def owned_job(job_id: str, owner: Owner = Depends(current_owner), store: Store = Depends(get_store)) -> Job:
     job = store.get_job(owner.id, job_id)
+    if job is None:
+        raise job_not_found(job_id)
+    return job
+
+
+# -- link tokens: EventSource, plain links and the viewer's fetches cannot send an Authorization header ---------
+
+LINK_TOKEN_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class LinkToken:
+    token: str
+    expires_at: int  # Unix time
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _link_signature(secret: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, b"spaceport-link:" + payload, hashlib.sha256).digest()
+
+
+def issue_link_token(secret: bytes, job: Job, ttl_s: int = LINK_TOKEN_TTL_S) -> LinkToken:
+    """A token for ``?token=`` on one job's read-only routes (events, artifacts, viewer camera), for ``ttl_s``."""
+    expires_at = int(time.time()) + ttl_s
+    payload = f"{job.id}:{job.owner_id}:{expires_at}".encode()
+    return LinkToken(f"{_b64(payload)}.{_b64(_link_signature(secret, payload))}", expires_at)
+
+
+def read_link_token(secret: bytes, token: str) -> tuple[str, int] | None:
+    """(job id, owner id) of a token signed with ``secret`` and not expired; None otherwise."""
+    try:
+        payload_text, signature_text = token.split(".")
+        payload, signature = _unb64(payload_text), _unb64(signature_text)
+        job_id, owner_id, expires_at = payload.decode().split(":")
+        if not hmac.compare_digest(signature, _link_signature(secret, payload)) or int(expires_at) < time.time():
+            return None
+        return job_id, int(owner_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def job_by_key_or_link(job_id: str, request: Request,
+                       credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                       token: str | None = Query(None, description="a link token (POST /v1/jobs/{id}/link-token) "
+                                                 "instead of the Authorization header, for links and EventSource"),
+                       store: Store = Depends(get_store)) -> Job:
+    """The job, for the Authorization header's owner or for a valid link token of this job."""
+    if credentials is not None or token is None:
+        return owned_job(job_id, current_owner(credentials, store), store)
+    claims = read_link_token(request.app.state.link_secret, token)
+    if claims is None or claims[0] != job_id:
+        raise HTTPException(401, "the link token is not valid for this job, or has expired (they last "
+                                 f"{LINK_TOKEN_TTL_S // 60} minutes and end when the server restarts): ask for a new "
+                                 "one with POST /v1/jobs/{id}/link-token, or send 'Authorization: Bearer KEY'",
+                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    job = store.get_job(claims[1], job_id)
     if job is None:
         raise job_not_found(job_id)
     return job

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from spaceport.api.artifacts import ARTIFACTS, artifact_size, iter_file, workspace_storage, zip_folder
-from spaceport.api.deps import owned_job
+from spaceport.api.deps import job_by_key_or_link
 from spaceport.api.schemas import Problem
 from spaceport.jobs.models import Job
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 @router.get("/{job_id}/artifacts/{name:path}", name="download_artifact",
             responses={401: {"model": Problem}, 404: {"model": Problem}},
             response_class=StreamingResponse, summary="Download one result of a job")
-def download_artifact(name: str, request: Request, job: Job = Depends(owned_job)):  # noqa: ANN201
+def download_artifact(name: str, request: Request, job: Job = Depends(job_by_key_or_link)):  # noqa: ANN201
     spec = ARTIFACTS.get(name)
     if spec is None:  # a fixed list: no name from the request ever becomes a path
         raise HTTPException(404, f"artifact {name!r} does not exist: ask for one of {', '.join(ARTIFACTS)}")

@@ -8,11 +8,21 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from spaceport.api.artifacts import list_artifacts
-from spaceport.api.deps import current_owner, dispatch_new_job, get_settings, get_store, job_not_found, owned_job
+from spaceport.api.deps import (
+    LINK_TOKEN_TTL_S,
+    current_owner,
+    dispatch_new_job,
+    get_settings,
+    get_store,
+    issue_link_token,
+    job_by_key_or_link,
+    job_not_found,
+    owned_job,
+)
 from spaceport.api.schemas import EventOut, JobCreate, JobList, JobOut, JobSummary, Notify, Problem
 from spaceport.api.submit import submit_json, submit_upload, validation_message
 from spaceport.api.uploads import JOB_PART_LIMIT
@@ -110,6 +120,21 @@ def cancel_job(request: Request, job: Job = Depends(owned_job), store: Store = D
     return job_out(cancelled, request)
 
 
+class LinkTokenOut(BaseModel):
+    token: str = Field(description="add as ?token= to this job's events, artifact and camera URLs")
+    expires_in_s: int = Field(description=f"seconds it stays valid ({LINK_TOKEN_TTL_S}); it also ends when the "
+                                          "server restarts")
+
+
+@router.post("/{job_id}/link-token", response_model=LinkTokenOut, responses=ERRORS,
+             summary="A short-lived token for links to this job (downloads, EventSource, the viewer)")
+def link_token(request: Request, job: Job = Depends(owned_job)) -> LinkTokenOut:
+    """Browsers cannot send the Authorization header from EventSource or a plain link: this token, signed by the
+    server and valid for this job's read-only routes only, goes in their URL instead of the API key."""
+    issued = issue_link_token(request.app.state.link_secret, job)
+    return LinkTokenOut(token=issued.token, expires_in_s=LINK_TOKEN_TTL_S)
+
+
 # -- server-sent events ------------------------------------------------------------------------------------
 
 
@@ -150,7 +175,7 @@ async def follow_events(request: Request, store: Store, job_id: str, after: int,
 
 @router.get("/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
             response_class=StreamingResponse, summary="Live events of a job (server-sent events)")
-def job_events(request: Request, job: Job = Depends(owned_job), store: Store = Depends(get_store),
+def job_events(request: Request, job: Job = Depends(job_by_key_or_link), store: Store = Depends(get_store),
                last_event_id: str | None = Header(None, alias="Last-Event-ID"),
                after: int | None = Query(None, ge=0, description="resume after this event id (as Last-Event-ID)"),
                ) -> StreamingResponse:
