@@ -1,8 +1,17 @@
-"""SOG encode time and size: ours (CPU, and CUDA when asked) against PlayCanvas' splat-transform (CPU).
+"""SOG encode time and size: ours (CPU, and CUDA when asked) against PlayCanvas' splat-transform 3.7.0.
 
+    python bench/compress.py --workspace WS                   # a trained splat, side by side (below)
+    python bench/compress.py --workspace WS --devices cuda --st-gpu 0   # the same on the GPU machine
     python bench/compress.py                                  # ours on the CPU at 50k, 100k, 1M, 3M
     python bench/compress.py --devices cuda --sizes 100000,1000000,3000000 --st-sizes ""   # on the GPU
     python bench/compress.py --sizes 50000 --st-sizes 50000   # the 10x check against splat-transform
+
+With ``--workspace``: the workspace's trained ``train/splat.ply`` through our compress stage's code (default
+settings: pruning with the training cameras, SH band dropping, sort, quantization, WebP) and through
+``splat-transform -g cpu|N in.ply out.sog`` (its defaults: 10 SH k-means iterations), each timed as a whole
+PLY -> .sog conversion; both SOGs decoded by our reader and rendered at the held-out views
+(bench/compress_quality.py's measure): size, ratio, seconds, PSNR against the photos and against the
+uncompressed splat. Writes bench/results/compress_side_by_side_<devices>.json.
 
 Input: ``random_gaussians(N, sh_degree=3)`` written as an INRIA PLY (or ``--ply`` a real splat, cut to
 each size by a seeded random subset). Each row times one whole PLY -> .sog conversion as the CLI does it
@@ -114,12 +123,105 @@ def print_table(rows: list[dict]) -> None:
               f"{neighbour:>16}")
 
 
+def side_by_side(args: argparse.Namespace, devices: list[str], config: dict) -> None:
+    """Ours and splat-transform on the workspace's trained PLY: size, time, decoded held-out PSNR."""
+    from compress_quality import Measure  # bench/ is on sys.path when this script runs
+
+    from spaceport.compress.reduce import cameras_from_colmap
+    from spaceport.compress.stage import compress_splat
+    from spaceport.formats.sog import read_sog
+    from spaceport.splat.scene import load_scene
+    from spaceport.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    train = ws.read_job().config.get("train", {}) if ws.job_file.is_file() else {}
+    scene = load_scene(ws.undistorted_dir / "sparse", ws.undistorted_dir / "images",
+                       max_width=train.get("max_image_width"), holdout_every=train.get("holdout_every", 8))
+    held_out = {view.name for view in scene.test_views}
+    ply = args.ply or ws.splat_ply
+    original = read_ply(ply)
+    render_device = torch.device("cuda" if "cuda" in devices else "cpu")
+    measure = Measure(original, scene.test_views or scene.train_views, render_device, ply.stat().st_size)
+    rows = [{"tool": "original PLY", "bytes": measure.ply_bytes, "ratio": 1.0, "gaussians": len(original),
+             "psnr_vs_photos": round(measure.reference_psnr, 3), "psnr_loss_db": 0.0}]
+    with tempfile.TemporaryDirectory(prefix="bench_compress_") as tmp:
+        folder = Path(tmp)
+        for device in devices:
+            warm_up(device, folder)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            # the stage's whole conversion: read the PLY and the cameras, reduce, sort, quantize, write
+            splat = read_ply(ply)
+            cameras = cameras_from_colmap(ws.undistorted_dir / "sparse", exclude=held_out,
+                                          max_width=train.get("max_image_width"))
+            out = folder / f"ours_{device}.sog"
+            outcome = compress_splat(splat, out, CompressConfig(device=device, **config), NullProgress(), cameras)
+            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+            rows.append({**measure.row(f"spaceport ({device})", read_sog(out), out.stat().st_size, seconds),
+                         "tool": "spaceport", "device": device, "cpu_seconds": round(cpu_seconds, 2),
+                         "pruned": outcome.reduction.num_pruned, "split": outcome.seconds})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.st_iterations != 0:
+            out = folder / "splat_transform.sog"
+            gpu = ["-g", args.st_gpu]
+            iterations = ["-i", str(args.st_iterations)] if args.st_iterations > 0 else []
+            result = run_splat_transform_command([*gpu, *iterations, str(ply), str(out)], args.st_timeout)
+            if result["seconds"] is not None:
+                rows.append({**measure.row(f"splat-transform 3.7.0 (-g {args.st_gpu})", read_sog(out),
+                                           out.stat().st_size, result["seconds"]),
+                             "tool": "splat-transform", "device": args.st_gpu, "cpu_seconds": result["cpu_seconds"],
+                             "iterations": args.st_iterations if args.st_iterations > 0 else 10})
+            else:
+                rows.append({"tool": "splat-transform", "failed": result.get("error"),
+                             "timed_out_after": None if result.get("error") else args.st_timeout})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{len(original)} Gaussians, SH degree {original.sh_degree}, {ply}")
+    print(f"{'tool':<32} {'KB':>9} {'ratio':>6} {'kept':>8} {'seconds':>8} {'CPU s':>7} {'PSNR':>7} {'loss dB':>8}")
+    for row in rows:
+        if "bytes" not in row:
+            print(f"{row['tool']:<32} " + (f"failed: {row['failed'][-300:]}" if row.get("failed")
+                                           else f"timed out after {row['timed_out_after']} s"))
+            continue
+        print(f"{row.get('variant', row['tool']):<32} {row['bytes'] / 1e3:>9.1f} {row['ratio']:>6.2f} "
+              f"{row['gaussians']:>8} {row.get('encode_seconds', 0):>8.2f} {row.get('cpu_seconds') or 0:>7.1f} "
+              f"{row['psnr_vs_photos']:>7.3f} {row['psnr_loss_db']:>8.3f}")
+    out = args.out or ROOT / "bench" / "results" / f"compress_side_by_side_{'_'.join(devices)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpu_threads": args.threads,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    "torch": torch.__version__},
+        "workspace": str(args.workspace), "ply": str(ply), "num_gaussians": len(original),
+        "sh_degree": original.sh_degree, "held_out_views": sorted(held_out), "config_overrides": config,
+        "splat_transform": {"version": "3.7.0", "gpu": args.st_gpu, "iterations": args.st_iterations},
+        "rows": rows,
+    }, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+def run_splat_transform_command(arguments: list[str], timeout: float) -> dict:
+    if not SPLAT_TRANSFORM.exists():
+        raise SystemExit(f"{SPLAT_TRANSFORM} missing: run `npm ci --prefix tests/js`")
+    started, children_started = time.perf_counter(), _children_cpu_seconds()
+    try:
+        subprocess.run([str(SPLAT_TRANSFORM), "-q", "-w", *arguments], check=True, capture_output=True,
+                       timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"seconds": None, "cpu_seconds": None}
+    except subprocess.CalledProcessError as exc:  # e.g. -g 0 where WebGPU finds no adapter: keep our rows
+        return {"seconds": None, "cpu_seconds": None, "error": exc.stderr.decode(errors="replace")[-2000:]}
+    return {"seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(_children_cpu_seconds() - children_started, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, help="side by side on this trained workspace's splat")
+    parser.add_argument("--st-gpu", default="cpu", help="splat-transform -g: cpu or a GPU adapter index")
     parser.add_argument("--sizes", default="50000,100000,1000000,3000000", help="Gaussian counts for ours")
     parser.add_argument("--devices", default="cpu", help="comma list of cpu, cuda")
     parser.add_argument("--st-sizes", default="50000", help="counts for splat-transform ('' = skip it)")
-    parser.add_argument("--st-iterations", type=int, default=1, help="splat-transform -i (SH k-means)")
+    parser.add_argument("--st-iterations", type=int, default=1,
+                        help="splat-transform -i (SH k-means); with --workspace: -1 its default (10), 0 skips it")
     parser.add_argument("--st-timeout", type=float, default=1800, help="seconds before giving up on it")
     parser.add_argument("--ply", type=Path, help="a real splat to cut the sizes from (default: random)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -134,6 +236,9 @@ def main() -> None:
     st_sizes = parse_sizes(args.st_sizes)
     sizes = sorted(set(parse_sizes(args.sizes)) | (set(st_sizes) if "cpu" in devices else set()))
     config = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    if args.workspace:
+        side_by_side(args, devices, config)
+        return
     source = read_ply(args.ply) if args.ply else None
 
     rows: list[dict] = []
@@ -169,7 +274,7 @@ def main() -> None:
                     "torch": torch.__version__},
         "input": str(args.ply) if args.ply else "random_gaussians(N, sh_degree=3)",
         "config_overrides": config,
-        "splat_transform": {"version": "2.7.1", "iterations": args.st_iterations},
+        "splat_transform": {"version": "3.7.0", "iterations": args.st_iterations},
         "rows": rows,
     }, indent=2) + "\n")
     print(f"\nwrote {out}")

@@ -361,12 +361,24 @@ def _export_html(target: Path, output: Path) -> Path:
 
 
 # --format value -> writer(target, output) -> written path; other formats (sog, ply, spz, ...) plug in here
-EXPORT_FORMATS = {"html": _export_html}
+def _export_splat(fmt: str):
+    def write(target: Path, output: Path) -> Path:
+        from spaceport.compress.export import export_splat
+
+        return export_splat(target, fmt, output, progress=RichProgress(console=console))
+
+    return write
+
+
+# sog, compressed-ply, spz, splat: the compress stage's pruning and SH band dropping first; ply: the splat as it is
+EXPORT_FORMATS = {"html": _export_html, **{fmt: _export_splat(fmt) for fmt in
+                                           ("sog", "ply", "compressed-ply", "spz", "splat")}}
 
 
 @app.command()
 def export(
-    target: Path = typer.Argument(..., help="a workspace folder (its compress/scene.sog) or a .sog file"),
+    target: Path = typer.Argument(..., help="a workspace folder or a splat file (.ply, .compressed.ply, .sog, "
+                                  ".spz, .splat; html: .sog or .ply)"),
     format: str = typer.Option(..., "--format", help=" | ".join(EXPORT_FORMATS)
                                + " (html: one self-contained page with the viewer and the splat)"),
     output: Path = typer.Option(..., "-o", "--output", help="file to write"),

@@ -1,4 +1,6 @@
-"""Compression: a trained splat's PLY to PlayCanvas SOG, with our own self-organizing sort (PLAS).
+"""Compression: a trained splat's PLY to PlayCanvas SOG (and the other formats viewers read, ``export_splat``):
+pruning and SH band dropping measured on the training views, Morton order (our PLAS sort as an option), precision
+chosen by rendered held-out PSNR.
 
 The stage's code (torch) is imported on first use, so reading its config (``spaceport.compress.config``) stays cheap.
 """
@@ -8,7 +10,7 @@ from typing import Any
 
 from spaceport.compress.config import CompressConfig
 
-_LAZY = {"compress_ply": "stage", "run_compress": "stage"}
+_LAZY = {"compress_ply": "stage", "run_compress": "stage", "export_splat": "export"}
 __all__ = ["CompressConfig", *_LAZY]
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from spaceport import __version__
-from spaceport.compress.kmeans import kmeans, quantize_1d
+from spaceport.compress.kmeans import Codebook1D, KMeansResult, kmeans, quantize_1d
 from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians
 from spaceport.formats.sog import (
     FILES,
@@ -32,15 +32,19 @@ from spaceport.formats.sog import (
 )
 
 GENERATOR = f"spaceport {__version__}"
+# auto position bits: the median Gaussian moves by at most this fraction of its middle scale (measured on two
+# trained CPU splats, bench/README.md: 12 bits on the 200 px SH-1 preview, 13 on the 256 px SH-3 one)
+POSITION_ERROR_FRACTION = 0.15
 
 
 def default_palette_size(count: int) -> int:
-    """SH palette entries when none is asked for: the power of two nearest below count / 8, within
-    1,024 .. 65,536. (splat-transform: min(64, 2^floor(log2(N / 1024))) * 1024, which is about one entry
-    per splat below 65k splats.) Measured on a trained 38k-splat preview: 4,096 entries instead of
-    splat-transform's 32,768 made the .sog a quarter smaller for < 0.01 dB on held-out photos."""
-    eighth = max(count // 8, 1)
-    return min(MAX_PALETTE, max(1024, 2 ** (eighth.bit_length() - 1)))
+    """SH palette entries when none is asked for: the power of two nearest below count / 64, within
+    256 .. 65,536 (15k splats: 256; 40k: 512; 1M: 8,192). splat-transform uses
+    min(64, 2^floor(log2(N / 1024))) * 1024, about one entry per splat below 65k splats. Measured on a trained
+    40k-splat SH-3 CPU splat (bench/README.md): 512 entries instead of 4,096 made the .sog 18% smaller for no
+    measurable loss on the held-out photos (35.1 against 35.7 dB against the uncompressed splat's renders)."""
+    share = max(count // 64, 1)
+    return min(MAX_PALETTE, max(256, 2 ** (share.bit_length() - 1)))
 
 
 def splat_transform_palette_size(count: int) -> int:
@@ -55,6 +59,7 @@ class SogContent:
 
     meta: dict
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    position_bits: int = 16  # bits of the 16-bit positions kept
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,24 @@ class WebpOptions:
 
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How finely values are stored within the SOG format (whose own limits are 16-bit positions and 256-entry
+    codebooks): fewer distinct values make smaller WebP files. ``position_bits`` keeps the top bits of each
+    16-bit position (the low byte's other bits are zero); ``rotation_bits`` and ``opacity_bits`` the top bits
+    of their bytes (on an even grid from 0 to 255); the ``*_levels`` are codebook entries used."""
+
+    position_bits: int | None = 16  # None: auto_position_bits
+    rotation_bits: int = 8
+    opacity_bits: int = 8
+    scale_levels: int = 256
+    colour_levels: int = 256
+    sh_levels: int = 256
+
+
 def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_size: int | None = None,
-               kmeans_iterations: int = 10, seed: int = 0, device: torch.device | str = "cpu") -> SogContent:
+               kmeans_iterations: int = 10, seed: int = 0, device: torch.device | str = "cpu",
+               precision: Precision = Precision()) -> SogContent:
     """Quantize ``g`` into SOG images with splat ``order[i]`` at texel i. ``sh_bands`` above the input's
     degree is lowered to it; ``palette_size`` None means ``default_palette_size``.
 
@@ -87,8 +108,11 @@ def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_si
         return _texture(per_splat[order], width, height)
 
     means_low, means_high, means_meta = pack_means(g.means)
-    scales = quantize_1d(torch.as_tensor(g.scales, device=device))
-    colours = quantize_1d(torch.as_tensor(g.sh0, device=device))
+    position_bits = precision.position_bits or auto_position_bits(g, means_meta)
+    if position_bits < 16:
+        means_low, means_high = _coarser_positions(means_low, means_high, 16 - position_bits)
+    scales = _codebook(torch.as_tensor(g.scales, device=device), precision.scale_levels)
+    colours = _codebook(torch.as_tensor(g.sh0, device=device), precision.colour_levels)
     content = SogContent(meta={
         "version": SOG_VERSION,
         "asset": {"generator": GENERATOR},
@@ -98,24 +122,73 @@ def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_si
         "quats": {"files": FILES["quats"]},
         "sh0": {"codebook": _codebook_list(colours.values), "files": FILES["sh0"]},
     })
+    content.position_bits = position_bits
     opaque = np.full((count, 1), 255, np.uint8)
     images = content.images
     images["means_l.webp"] = texture(np.hstack([means_low, opaque]))
     images["means_u.webp"] = texture(np.hstack([means_high, opaque]))
-    images["quats.webp"] = texture(pack_quats(g.quats))
+    images["quats.webp"] = texture(_coarser_bytes(pack_quats(g.quats), precision.rotation_bits, channels=3))
     images["scales.webp"] = texture(np.hstack([scales.labels.cpu().numpy(), opaque]))
-    images["sh0.webp"] = texture(np.hstack([colours.labels.cpu().numpy(), pack_opacity(g.opacities)[:, None]]))
+    opacity = _coarser_bytes(pack_opacity(g.opacities)[:, None], precision.opacity_bits)
+    images["sh0.webp"] = texture(np.hstack([colours.labels.cpu().numpy(), opacity]))
     bands = min(sh_bands, g.sh_degree)
+    if bands > 0 and not g.shN[:, :SH_REST_COUNTS[bands]].any():
+        bands = 0  # every Gaussian's higher bands were dropped: no palette at all
     if bands > 0:
         palette = min(palette_size or default_palette_size(count), MAX_PALETTE)
-        labels, content.meta["shN"] = _encode_palette(g, bands, palette, kmeans_iterations, seed, device, images)
+        labels, content.meta["shN"] = _encode_palette(g, bands, palette, kmeans_iterations, seed, device, images,
+                                                      precision.sh_levels)
         label_bytes = np.stack([labels & 0xFF, labels >> 8, np.zeros_like(labels), np.full_like(labels, 255)], 1)
         images["shN_labels.webp"] = texture(label_bytes.astype(np.uint8))
     return content
 
 
+def auto_position_bits(g: Gaussians, means_meta: dict, fraction: float = POSITION_ERROR_FRACTION) -> int:
+    """The fewest bits (8..16) of SOG's 16-bit positions that move the median Gaussian by at most ``fraction``
+    of its middle scale: a splat of finer Gaussians (more of them, trained at a higher resolution) keeps more
+    bits. Rounding 16-bit steps near v moves a point by (1 + |v|) times the step of the log-transformed axis."""
+    span = np.asarray(means_meta["maxs"]) - np.asarray(means_meta["mins"])
+    world_step = (np.where(span > 0, span, 1.0) / 65535 * (1 + np.abs(g.means.astype(np.float64)))).max(1)
+    middle_scale = np.exp(np.sort(g.scales.astype(np.float64), 1)[:, 1])
+    relative = np.median(world_step / middle_scale)
+    for bits in range(8, 16):
+        if relative * 2 ** (16 - bits) / 2 <= fraction:
+            return bits
+    return 16
+
+
+def _coarser_positions(low: np.ndarray, high: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """16-bit positions rounded to multiples of 2**shift (the low bits become zero)."""
+    step = 1 << shift
+    quantized = low.astype(np.int64) | (high.astype(np.int64) << 8)
+    quantized = np.minimum(np.rint(quantized / step).astype(np.int64) * step, 65535)  # the top stays exact
+    return (quantized & 0xFF).astype(np.uint8), (quantized >> 8).astype(np.uint8)
+
+
+def _coarser_bytes(values: np.ndarray, bits: int, channels: int | None = None) -> np.ndarray:
+    """Bytes moved to the nearest of 2**bits values spread evenly over 0..255 (the first ``channels`` only)."""
+    if bits >= 8:
+        return values
+    top = (1 << bits) - 1
+    out = values.copy()
+    part = out[:, :channels] if channels is not None else out
+    part[...] = np.rint(np.rint(part / 255 * top) * 255 / top).astype(np.uint8)
+    return out
+
+
+def _codebook(values: torch.Tensor, levels: int) -> Codebook1D:
+    """A ``levels``-entry codebook, padded with zeros (short in meta.json; no label points at them) to the 256
+    entries the format lists."""
+    codebook = quantize_1d(values, levels=levels)
+    if levels < 256:
+        codebook.values = torch.cat([codebook.values, codebook.values.new_zeros(256 - levels)])
+    return codebook
+
+
 def _codebook_list(values: torch.Tensor) -> list[float]:
-    return [float(v) for v in values.float().cpu().numpy()]
+    """The float32 values at their shortest decimal that reads back to the same float32 (meta.json is stored
+    uncompressed: 9 digits instead of 17 make it 40% smaller)."""
+    return [float(str(v)) for v in values.float().cpu().numpy()]
 
 
 def _texture(per_splat: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -126,14 +199,15 @@ def _texture(per_splat: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, seed: int,
-                    device: torch.device | str, images: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+                    device: torch.device | str, images: dict[str, np.ndarray],
+                    levels: int = 256) -> tuple[np.ndarray, dict]:
     """The SH palette image and meta entry; returns each splat's palette label (input order) too."""
     coefficients = SH_REST_COUNTS[bands]
     count = len(g)
     # one vector per splat, coefficient-major (coefficient j's R, G, B side by side): what a centroid texel holds
     vectors = torch.as_tensor(np.ascontiguousarray(g.shN[:, :coefficients, :]), device=device)
-    clusters = kmeans(vectors.reshape(count, coefficients * 3), palette, iterations, seed)
-    values = quantize_1d(clusters.centroids)
+    clusters = _palette(vectors.reshape(count, coefficients * 3), palette, iterations, seed)
+    values = _codebook(clusters.centroids, levels)
     centroid_count = clusters.centroids.shape[0]
     if centroid_count > MAX_PALETTE:
         raise ValueError(f"SH palette of {centroid_count} entries does not fit 16-bit labels")
@@ -146,6 +220,22 @@ def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, see
     meta = {"count": centroid_count, "bands": bands, "codebook": _codebook_list(values.values),
             "files": FILES["shN"]}
     return clusters.labels.cpu().numpy(), meta
+
+
+def _palette(vectors: torch.Tensor, palette: int, iterations: int, seed: int) -> KMeansResult:
+    """k-means palette of the SH vectors. Gaussians whose higher bands are all zero (dropped as negligible)
+    share entry 0, a zero vector (decoded as the value codebook's entry nearest 0), and stay out of the
+    clustering: the other entries go to the Gaussians whose view-dependent colour shows."""
+    silent = ~vectors.any(1)
+    if not silent.any() or palette < 2:
+        return kmeans(vectors, palette, iterations, seed)
+    labels = torch.zeros(len(vectors), dtype=torch.long, device=vectors.device)
+    centroids = torch.zeros(1, vectors.shape[1], device=vectors.device)
+    if not silent.all():
+        clusters = kmeans(vectors[~silent], palette - 1, iterations, seed)
+        labels[~silent] = clusters.labels + 1
+        centroids = torch.cat([centroids, clusters.centroids])
+    return KMeansResult(centroids, labels)
 
 
 def encode_webp(image: np.ndarray, options: WebpOptions = WebpOptions()) -> bytes:
@@ -161,6 +251,6 @@ def encode_files(content: SogContent, options: WebpOptions = WebpOptions()) -> d
     names = list(content.images)
     with ThreadPoolExecutor(max_workers=max(1, options.threads)) as pool:
         encoded = list(pool.map(lambda name: encode_webp(content.images[name], options), names))
-    files = {"meta.json": json.dumps(content.meta).encode()}
+    files = {"meta.json": json.dumps(content.meta, separators=(",", ":")).encode()}
     files.update(zip(names, encoded, strict=True))
     return files

@@ -17,22 +17,27 @@ from spaceport.compress.plas import (
     plas_sort,
     sorting_features,
 )
-from spaceport.compress.sog import WebpOptions, encode_files, encode_sog
+from spaceport.compress.reduce import Camera, Reduction, cameras_from_colmap, reduce_splat
+from spaceport.compress.sog import Precision, WebpOptions, encode_files, encode_sog
 from spaceport.devices import resolve_device
+from spaceport.formats.compressed_ply import morton_order
 from spaceport.formats.gaussians import Gaussians, read_ply
 from spaceport.formats.sog import texture_size, write_sog
+from spaceport.formats.train import read_evaluation
 from spaceport.progress import Progress
 from spaceport.workspace import SpaceportError, StageResult, Workspace
 
 
 @dataclass
 class CompressOutcome:
-    num_gaussians: int
+    num_gaussians: int  # written to the SOG
     sog_bytes: int
     neighbour_distance_before: float
     neighbour_distance_after: float
     seconds: dict[str, float]
-    order: np.ndarray  # order[i]: index in the input of the splat at texel i
+    order: np.ndarray  # order[i]: index in the (reduced) splat of the splat at texel i
+    reduction: Reduction | None = None  # what pruning and SH band dropping removed (None: not run)
+    position_bits: int = 16  # of SOG's 16-bit positions, kept
 
 
 def load_splat(path: Path) -> Gaussians:
@@ -42,22 +47,30 @@ def load_splat(path: Path) -> Gaussians:
     return splat
 
 
-def morton_order(means: np.ndarray) -> np.ndarray:
-    """Order of points along a 3D Z-order curve (what splat-transform uses), 10 bits per axis."""
-    low, high = means.min(0), means.max(0)
-    cells = ((means - low) / np.where(high > low, high - low, 1) * 1023).astype(np.int64)
-    code = np.zeros(len(means), np.int64)
-    for bit in range(10):
-        for axis in range(3):
-            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return np.argsort(code, kind="stable")
+def reduce_for_config(splat: Gaussians, config: CompressConfig, cameras: list[Camera] | None,
+                      progress: Progress, device: torch.device | str = "cpu") -> Reduction:
+    """Pruning and SH band dropping as ``config`` asks (pruning only with ``cameras``), logged."""
+    if config.prune_threshold > 0 and not cameras:
+        progress.log("compress: no training cameras (a bare PLY): nothing pruned")
+    reduction = reduce_splat(splat, cameras, config.prune_threshold, config.sh_drop_threshold, device)
+    if reduction.num_pruned:
+        progress.log(f"compress: pruned {reduction.num_pruned} of {reduction.num_input} Gaussians that add less "
+                     f"than {config.prune_threshold:g} px to every training view")
+    if config.sh_drop_threshold > 0 and splat.sh_degree > 0:
+        progress.log(f"compress: SH bands kept per Gaussian (0..{splat.sh_degree}): {reduction.sh_bands_histogram}")
+    return reduction
 
 
-def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, progress: Progress) -> CompressOutcome:
-    """Sort, quantize, encode and write ``splat`` as a SOG bundle at ``out_sog`` (and, with
-    ``config.unbundled``, meta.json and the WebP files beside it)."""
+def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, progress: Progress,
+                   cameras: list[Camera] | None = None) -> CompressOutcome:
+    """Reduce (prune with ``cameras``, drop negligible SH bands), sort, quantize, encode and write ``splat`` as a
+    SOG bundle at ``out_sog`` (and, with ``config.unbundled``, meta.json and the WebP files beside it)."""
     device = resolve_device(config.device, "compress")
     seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    reduction = reduce_for_config(splat, config, cameras, progress, device)
+    splat = reduction.splat
+    seconds["reduce"] = time.perf_counter() - started
     started = time.perf_counter()
     width, _ = texture_size(len(splat))
     order = _order(splat, sorting_features(splat, config.sort_weights, device), width, config, progress)
@@ -69,16 +82,20 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
                  f"({seconds['sort']:.1f} s on {device})")
 
     started = time.perf_counter()
+    precision = Precision(position_bits=config.position_bits, rotation_bits=config.rotation_bits,
+                          opacity_bits=config.opacity_bits, scale_levels=config.scale_levels,
+                          colour_levels=config.colour_levels, sh_levels=config.sh_levels)
     content = encode_sog(splat, order, sh_bands=config.sh_bands, palette_size=config.palette_size,
-                         kmeans_iterations=config.kmeans_iterations, seed=config.seed, device=device)
+                         kmeans_iterations=config.kmeans_iterations, seed=config.seed, device=device,
+                         precision=precision)
     seconds["quantize"] = time.perf_counter() - started
     started = time.perf_counter()
     files = encode_files(content, WebpOptions(method=config.webp_method, quality=config.webp_quality))
     size = write_sog(out_sog, files, out_sog.parent if config.unbundled else None)
     seconds["webp_and_write"] = time.perf_counter() - started
     progress.log(f"compress: wrote {out_sog} ({size / 1e6:.2f} MB, {len(splat)} Gaussians, "
-                 f"SH bands {content.meta.get('shN', {}).get('bands', 0)})")
-    return CompressOutcome(len(splat), size, before, after, seconds, order)
+                 f"SH bands {content.meta.get('shN', {}).get('bands', 0)}, {content.position_bits}-bit positions)")
+    return CompressOutcome(len(splat), size, before, after, seconds, order, reduction, content.position_bits)
 
 
 def _order(splat: Gaussians, features: torch.Tensor, width: int, config: CompressConfig,
@@ -117,12 +134,37 @@ def run_compress(ws: Workspace, config: CompressConfig, progress: Progress) -> S
     source = find_input_ply(ws)
     progress.log(f"compress: reading {ws.rel(source)}")
     splat = load_splat(source)
-    outcome = compress_splat(splat, ws.sog_path, config, progress)
+    outcome = compress_splat(splat, ws.sog_path, config, progress, training_cameras(ws, progress))
     outputs = {"sog": ws.rel(ws.sog_path)}
     if config.unbundled:
         outputs["meta"] = ws.rel(ws.compress_dir / "meta.json")
     return StageResult("compress", time.perf_counter() - started, outputs,
                        _metrics(outcome, source.stat().st_size, time.perf_counter() - started))
+
+
+def training_cameras(ws: Workspace, progress: Progress | None = None) -> list[Camera] | None:
+    """The cameras the splat was trained from (the undistorted COLMAP model less the views train/eval.json
+    says were held out), or None when the workspace has no model (a job started from a .ply)."""
+    model_dir = ws.undistorted_dir / "sparse"
+    if not (model_dir / "images.bin").is_file():
+        return None
+    held_out: set[str] = set()
+    try:
+        evaluation = read_evaluation(ws.train_dir)
+        if evaluation.held_out:
+            held_out = {view.name for view in evaluation.views}
+    except SpaceportError:
+        if progress is not None:
+            progress.log(f"compress: no {ws.rel(ws.train_dir / 'eval.json')}: every registered camera counts")
+    return cameras_from_colmap(model_dir, held_out, training_width(ws))
+
+
+def training_width(ws: Workspace) -> int | None:
+    """The image width the splat was trained at (the workspace's train.max_image_width; None: full size)."""
+    try:
+        return ws.read_job().config.get("train", {}).get("max_image_width")
+    except SpaceportError:
+        return None
 
 
 def find_input_ply(ws: Workspace) -> Path:
@@ -140,11 +182,18 @@ def find_input_ply(ws: Workspace) -> Path:
 
 
 def _metrics(outcome: CompressOutcome, ply_bytes: int, seconds: float) -> dict[str, float | int]:
+    reduction = {}
+    if outcome.reduction is not None:
+        reduction = {"num_gaussians_in": outcome.reduction.num_input, "num_pruned": outcome.reduction.num_pruned,
+                     **{f"num_sh_bands_{bands}": count
+                        for bands, count in enumerate(outcome.reduction.sh_bands_histogram)}}
     return {
         "num_gaussians": outcome.num_gaussians,
+        **reduction,
         "ply_bytes": ply_bytes,
         "sog_bytes": outcome.sog_bytes,
         "size_ratio": round(ply_bytes / outcome.sog_bytes, 2),
+        "position_bits": outcome.position_bits,
         "seconds": round(seconds, 2),
         "neighbour_distance_before": round(outcome.neighbour_distance_before, 4),
         "neighbour_distance_after": round(outcome.neighbour_distance_after, 4),
