@@ -26,7 +26,7 @@ import numpy as np
 
 from spaceport.errors import SpaceportError
 from spaceport.formats.atomic import atomic_write_to
-from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians
+from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians, smallest_three
 
 CHUNK_SIZE = 256
 SH_C0 = 0.28209479177387814
@@ -83,16 +83,10 @@ def _unpack_111011(packed: np.ndarray) -> np.ndarray:
 
 def pack_rotations(quats: np.ndarray) -> np.ndarray:
     """Smallest-three quaternions in 2 + 3 x 10 bits (rot_0..rot_3 order); a zero quaternion becomes identity."""
-    q = quats.astype(np.float64)
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(norms > 0, q / np.where(norms > 0, norms, 1), np.array([1.0, 0, 0, 0]))
-    largest = np.abs(q).argmax(1)
-    rows = np.arange(len(q))
-    q *= np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
-    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    largest, smaller = smallest_three(quats)
     packed = largest.astype(np.uint32)
     for column in range(3):
-        packed = (packed << 10) | _unorm(q[rows, others[:, column]] / math.sqrt(2) + 0.5, 10)
+        packed = (packed << 10) | _unorm(smaller[:, column] / math.sqrt(2) + 0.5, 10)
     return packed
 
 

@@ -131,3 +131,16 @@ def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0, extent: float = 
         sh0=rng.normal(0, 0.8, size=(n, 3)).astype(np.float32),
         shN=rng.normal(0, 0.15, size=(n, SH_REST_COUNTS[sh_degree], 3)).astype(np.float32),
     )
+
+
+def smallest_three(quats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the largest component, the other three (N, 3)) of each unit quaternion with its largest component
+    made positive, as the compressed formats store rotations; a zero quaternion becomes identity."""
+    q = quats.astype(np.float64)
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(norms > 0, q / np.where(norms > 0, norms, 1), np.array([1.0, 0, 0, 0]))
+    largest = np.abs(q).argmax(1)
+    rows = np.arange(len(q))
+    q *= np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
+    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
+    return largest, q[rows[:, None], others]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from spaceport.errors import SpaceportError
 from spaceport.formats.atomic import atomic_write_bytes
-from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians
+from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians, smallest_three
 
 SOG_VERSION = 2
 PALETTE_COLUMNS = 64  # centroids per row of shN_centroids.webp (fixed by the readers)
@@ -69,15 +69,9 @@ def unpack_means(low: np.ndarray, high: np.ndarray, meta: dict) -> np.ndarray:
 def pack_quats(quats: np.ndarray) -> np.ndarray:
     """(N, 4) RGBA: the three smaller components of the unit quaternion (largest made positive) times
     sqrt(2) in [-1, 1] mapped to bytes; A = 252 + index of the largest. A zero quaternion becomes identity."""
-    q = quats.astype(np.float64)
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(norms > 0, q / np.where(norms > 0, norms, 1), np.array([1.0, 0, 0, 0]))
-    largest = np.abs(q).argmax(1)
-    rows = np.arange(len(q))
-    q *= np.where(q[rows, largest] < 0, -1.0, 1.0)[:, None]
-    others = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])[largest]
-    smaller = q[rows[:, None], others] * math.sqrt(2)
-    packed = np.empty((len(q), 4), np.uint8)
+    largest, smaller = smallest_three(quats)
+    smaller = smaller * math.sqrt(2)
+    packed = np.empty((len(largest), 4), np.uint8)
     packed[:, :3] = np.clip(np.rint(255 * (smaller * 0.5 + 0.5)), 0, 255)
     packed[:, 3] = QUAT_TAG + largest
     return packed
