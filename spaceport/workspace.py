@@ -63,6 +63,11 @@ class Workspace:
         return self.root / "images"
 
     @property
+    def masks_dir(self) -> Path:
+        """Masks of the images (``<image file>.png``, 0 = ignore, 255 = keep), written by ingest when given."""
+        return self.root / "masks"
+
+    @property
     def sfm_dir(self) -> Path:
         return self.root / "sfm"
 

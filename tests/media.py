@@ -6,11 +6,13 @@ import io
 import stat
 import struct
 import zipfile
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -164,3 +166,98 @@ def workspace_with_input(root: Path, files: Sequence[Path] = (), contents: Mappi
         (input_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (input_dir / name).write_bytes(data)
     return root
+
+
+# -- other photo formats: HEIC, 16-bit PNG and TIFF ------------------------------------------------------------------
+
+TIFF_SHORT, TIFF_LONG, TIFF_ASCII, TIFF_RATIONAL = 3, 4, 2, 5
+TIFF_EXIF_IFD, TIFF_STRIP_OFFSETS = 34665, 273
+
+
+def heic_bytes(image: Image.Image, exif: bytes | None = None, quality: int = 90) -> bytes:
+    """The image encoded as HEIC by pillow-heif (libheif, x265), EXIF included; an EXIF orientation becomes the
+    file's rotation, as iPhones write it."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    buffer = io.BytesIO()
+    image.save(buffer, "HEIF", quality=quality, **({"exif": exif} if exif else {}))
+    return buffer.getvalue()
+
+
+def to_16_bits(image: Image.Image, seed: int = 0) -> np.ndarray:
+    """A 16-bit version of an 8-bit image: each value v becomes v*257 plus up to +-128 of noise, so the low byte
+    carries detail and round(v16 / 257) gives v back exactly."""
+    pixels = np.asarray(image).astype(np.int64) * 257
+    noise = np.random.default_rng(seed).integers(-128, 129, size=pixels.shape)
+    return np.clip(pixels + noise, 0, 65535).astype(np.uint16)
+
+
+def png16_bytes(pixels: np.ndarray, exif: bytes | None = None) -> bytes:
+    """A 16-bit PNG (grey for HxW, RGB for HxWx3 uint16 pixels), with EXIF in an eXIf chunk; Pillow cannot write
+    16-bit RGB PNGs."""
+    height, width = pixels.shape[:2]
+    colour_type = 2 if pixels.ndim == 3 else 0
+    rows = pixels.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if exif:
+        chunks.append((b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
+    chunks += [(b"IDAT", zlib.compress(raw)), (b"IEND", b"")]
+    body = b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def tiff16_rgb_bytes(
+    pixels: np.ndarray, orientation: int = 1, make: str | None = None, focal_length_mm: float | None = None
+) -> bytes:
+    """An uncompressed little-endian 16-bit RGB TIFF (HxWx3 uint16) with an orientation, a make and an EXIF focal
+    length; Pillow cannot write 16-bit RGB TIFFs."""
+    height, width, _ = pixels.shape
+    image_data = pixels.astype("<u2").tobytes()
+    main: list[tuple[int, int, Sequence]] = [
+        (256, TIFF_LONG, [width]), (257, TIFF_LONG, [height]), (258, TIFF_SHORT, [16, 16, 16]),
+        (259, TIFF_SHORT, [1]), (262, TIFF_SHORT, [2]), (TIFF_STRIP_OFFSETS, TIFF_LONG, [0]),
+        (274, TIFF_SHORT, [orientation]), (277, TIFF_SHORT, [3]), (278, TIFF_LONG, [height]),
+        (279, TIFF_LONG, [len(image_data)]), (284, TIFF_SHORT, [1]),
+    ]
+    if make:
+        main.append((271, TIFF_ASCII, [make]))
+    exif: list[tuple[int, int, Sequence]] = []
+    if focal_length_mm:
+        exif.append((37386, TIFF_RATIONAL, [(round(focal_length_mm * 1000), 1000)]))
+        main.append((TIFF_EXIF_IFD, TIFF_LONG, [0]))
+    # Two passes: the first finds where the EXIF IFD and the pixels land.
+    main_ifd, main_blobs = _tiff_ifd(main, 8)
+    exif_offset = 8 + len(main_ifd) + len(main_blobs)
+    exif_ifd, exif_blobs = _tiff_ifd(exif, exif_offset) if exif else (b"", b"")
+    pixels_offset = exif_offset + len(exif_ifd) + len(exif_blobs)
+    placed = {TIFF_STRIP_OFFSETS: [pixels_offset], TIFF_EXIF_IFD: [exif_offset]}
+    main = [(tag, kind, placed.get(tag, values)) for tag, kind, values in main]
+    main_ifd, main_blobs = _tiff_ifd(main, 8)
+    header = b"II*\x00" + struct.pack("<I", 8)
+    return header + main_ifd + main_blobs + exif_ifd + exif_blobs + image_data
+
+
+def _tiff_ifd(entries: Iterable[tuple[int, int, Sequence]], offset: int) -> tuple[bytes, bytes]:
+    """One IFD at offset (no next IFD) and the values that do not fit in its entries, placed right after it."""
+    entries = sorted(entries)
+    blobs_offset = offset + 2 + 12 * len(entries) + 4
+    table, blobs = struct.pack("<H", len(entries)), b""
+    for tag, kind, values in entries:
+        if kind == TIFF_ASCII:
+            data, count = values[0].encode() + b"\x00", len(values[0]) + 1
+        elif kind == TIFF_RATIONAL:
+            data, count = b"".join(struct.pack("<II", *pair) for pair in values), len(values)
+        else:
+            data, count = struct.pack(f"<{len(values)}{'H' if kind == TIFF_SHORT else 'I'}", *values), len(values)
+        if len(data) <= 4:
+            field = data.ljust(4, b"\x00")
+        else:
+            field = struct.pack("<I", blobs_offset + len(blobs))
+            blobs += data + b"\x00" * (len(data) % 2)
+        table += struct.pack("<HHI", tag, kind, count) + field
+    return table + struct.pack("<I", 0), blobs

@@ -229,7 +229,7 @@ BAD_INPUTS = {
     "two photos": (2, {}, ["only 2 usable photos", "at least 3"]),
     "two photos and a corrupt one": (2, {"broken.jpg": b"\xff\xd8" + bytes(100)}, ["broken.jpg", "corrupt"]),
     "a non-image file alone": (0, {"notes.txt": b"hello"}, ["no photo", "notes.txt"]),
-    "a HEIC photo": (0, {"IMG_1.HEIC": b"x"}, ["IMG_1.HEIC", "export them as JPEG"]),
+    "a corrupt HEIC photo alone": (0, {"IMG_1.HEIC": b"x"}, ["IMG_1.HEIC", "corrupt"]),
 }
 
 

@@ -1,4 +1,5 @@
-"""``images/frames.json``: which images the ingest stage wrote, where each came from, and what it dropped."""
+"""``images/frames.json``: which images the ingest stage wrote, where each came from, which have a mask in the
+workspace's ``masks/`` (named ``<image file>.png``, COLMAP's layout), and what it dropped."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class FrameRecord(BaseModel):
     exif: ExifSummary = Field(default_factory=ExifSummary)
     frame_index: int | None = None  # video only
     time_s: float | None = None  # video only
+    mask: str | None = None  # name inside the workspace's masks/ (0 = ignore, 255 = keep); None: every pixel counts
 
 
 class DroppedRecord(BaseModel):

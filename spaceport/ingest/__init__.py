@@ -1,4 +1,5 @@
-"""Ingest: a folder of photos, a zip of photos or a video -> normalized JPEGs and frames.json in images/.
+"""Ingest: a folder of photos, a zip of photos or a video -> normalized JPEGs and frames.json in images/, and the
+masks given beside the photos (a masks/ folder) -> masks/ in the workspace.
 
 The stage's code is imported on first use, so reading its config (``spaceport.ingest.config``) stays cheap.
 """

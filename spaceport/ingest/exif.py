@@ -14,6 +14,12 @@ TAG_PIXEL_X = 0xA002
 TAG_PIXEL_Y = 0xA003
 # A JPEG APP1 segment holds at most 65,533 bytes after its "Exif\0\0" header.
 MAX_EXIF_BYTES = 65_000
+# Tags of a TIFF's own IFD0 that describe its pixel layout or carry other blocks (XMP, IPTC, Photoshop layers,
+# ICC): stale or meaningless in a JPEG's EXIF, and some are large.
+TIFF_LAYOUT_TAGS = frozenset({
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 292, 293, 317, 320, 322, 323,
+    324, 325, 338, 339, 340, 341, 347, 530, 700, 33723, 34377, 34675, 37724,
+})
 
 
 def summarize_exif(exif: Image.Exif) -> ExifSummary:
@@ -33,9 +39,11 @@ def exif_for_output(exif: Image.Exif, width: int, height: int) -> bytes:
     """EXIF bytes for a JPEG whose pixels are already upright and possibly resized.
 
     Orientation is reset to 1 and the recorded pixel size updated; focal length, make/model and GPS stay, since
-    COLMAP reads its focal-length prior and position prior from them. The maker note goes only if the block
-    would not fit in one JPEG segment.
+    COLMAP reads its focal-length prior and position prior from them. A TIFF's layout tags go. The maker note goes
+    only if the block would not fit in one JPEG segment.
     """
+    for tag in TIFF_LAYOUT_TAGS & set(exif):
+        del exif[tag]
     exif[TAG_ORIENTATION] = 1
     exif_ifd = exif.get_ifd(ExifTags.IFD.Exif)  # loaded here so that tobytes() writes it back
     exif.get_ifd(ExifTags.IFD.GPSInfo)

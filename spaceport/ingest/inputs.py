@@ -9,19 +9,17 @@ from pathlib import Path, PurePosixPath
 from spaceport.formats.frames import DroppedRecord
 from spaceport.workspace import SpaceportError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif", ".hif"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm"})
 ARCHIVE_SUFFIXES = frozenset({".zip"})
 UNSUPPORTED_IMAGE_SUFFIXES = {
-    ".heic": "HEIC photos are not supported: export them as JPEG",
-    ".heif": "HEIF photos are not supported: export them as JPEG",
     ".dng": "RAW photos are not supported: export them as JPEG",
     ".cr2": "RAW photos are not supported: export them as JPEG",
     ".nef": "RAW photos are not supported: export them as JPEG",
     ".arw": "RAW photos are not supported: export them as JPEG",
 }
 WHAT_TO_GIVE = (
-    "give a folder of photos (JPEG, PNG, TIFF, WebP), one .zip of photos, "
+    "give a folder of photos (JPEG, HEIC, PNG, TIFF, WebP), one .zip of photos, "
     "or one video (.mp4, .mov, .mkv, .avi)"
 )
 
