@@ -352,6 +352,28 @@ def test_kmeans_clusters_are_good_and_deterministic() -> None:
         assert kmeans(uneven, k, iterations=2).centroids.shape[0] <= k
 
 
+def test_kmeans_fitted_on_a_sample_labels_every_point_with_a_near_centroid() -> None:
+    """The palette's centroids are fitted on a sample (FIT_POINTS_PER_CENTROID per entry); every point, sampled
+    or not, must then take the nearest centroid of its cell, and the error stay close to a fit on all points."""
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.randn(300, 12, generator=generator)
+    points = centres[torch.randint(300, (60_000,), generator=generator)] + 0.05 * torch.randn(60_000, 12,
+                                                                                             generator=generator)
+    k = 1024  # ~59 points per centroid: a 16-per-centroid sample leaves most points out of the fit
+    full = kmeans(points, k, iterations=6, seed=0, fit_points_per_centroid=None)
+    sampled = kmeans(points, k, iterations=6, seed=0, fit_points_per_centroid=16)
+    assert sampled.labels.shape == (60_000,) and sampled.centroids.shape[0] <= k
+
+    def error(result) -> float:
+        return float((points - result.centroids[result.labels]).pow(2).sum(1).mean())
+
+    assert error(sampled) < 1.25 * error(full), (error(sampled), error(full))
+    # a point's label is no worse than any other centroid of its cell: check against all centroids' distances
+    distances = torch.cdist(points[:2000], sampled.centroids)
+    own = distances.gather(1, sampled.labels[:2000, None])[:, 0]
+    assert float((own - distances.min(1).values).mean()) < 0.05 * float(own.mean())
+
+
 def test_batched_lloyd_keeps_sets_apart() -> None:
     """The CUDA path runs many cells' k-means in one padded batch; each set must only see its own points."""
     from spaceport.compress.kmeans import batched_lloyd

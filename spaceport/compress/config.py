@@ -53,6 +53,10 @@ class CompressConfig(BaseModel):
         description="SH palette entries; None: about one per 64 splats (a power of two, 256..65536). On the "
                     "SH-3 splat 512 entries against 4,096: 18% smaller, no held-out loss")
     kmeans_iterations: int = Field(10, ge=0, le=100, description="Lloyd iterations of the SH palette")
+    kmeans_fit_points: int | None = Field(
+        16, ge=1, description="the palette's centroids are fitted on a random sample of this many splats per "
+        "entry, then every splat takes its nearest entry (None: fit on all); the Lloyd steps dominate the encode "
+        "time and cost in proportion to the splats they see")
     sort: Literal["plas", "morton", "none"] = Field(
         "morton", description="order of splats in the textures: morton (3D Z-order, as splat-transform), plas "
         "(self-organizing grid, see sort_weights), none. PLAS does not earn its cost on trained splats: "

@@ -21,6 +21,9 @@ from torch import Tensor
 # points x centroids distance block evaluated at once; bounds the temporary memory (~64 MiB of float32)
 _DISTANCE_BLOCK = 16 * 1024 * 1024
 _COARSE_SAMPLE_PER_CELL = 256
+# fine centroids are fitted on at most this many points each (a random sample of the cell), then every point is
+# assigned once: the Lloyd steps cost in proportion to the points they see
+FIT_POINTS_PER_CENTROID = 16
 _GPU_BATCH_BLOCK = 64 * 1024 * 1024  # elements of one batched distance block on CUDA (256 MiB)
 
 
@@ -123,11 +126,14 @@ def _prefix_sums(values: Tensor) -> Tensor:
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0,
-           cell_batch_elements: int | None = None) -> KMeansResult:
+           cell_batch_elements: int | None = None,
+           fit_points_per_centroid: int | None = FIT_POINTS_PER_CENTROID) -> KMeansResult:
     """Two-level k-means of (N, D) ``points`` into at most ``k`` centroids (see the module docstring).
 
     ``cell_batch_elements``: size budget of one batched distance block of the second level; None picks
-    by device (large batches on CUDA, one cell at a time on the CPU)."""
+    by device (large batches on CUDA, one cell at a time on the CPU). ``fit_points_per_centroid``: the fine
+    centroids of a cell are fitted on a random sample of this many points per centroid, then all of the
+    cell's points are assigned (None: fit on all)."""
     n = points.shape[0]
     points = points.float()
     if n <= k:
@@ -151,10 +157,15 @@ def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0,
     budget = cell_batch_elements
     if budget is None:
         budget = _GPU_BATCH_BLOCK if points.device.type == "cuda" else 0
-    for batch in _size_batches(members_by_cell, allocation, budget):
-        groups = [points[members_by_cell[cell]] for cell in batch]
+    fitted_by_cell = [_fit_sample(members, allocation[cell], fit_points_per_centroid, generator)
+                      for cell, members in enumerate(members_by_cell)]
+    for batch in _size_batches(fitted_by_cell, allocation, budget):
+        groups = [points[fitted_by_cell[cell]] for cell in batch]
         results = batched_lloyd(groups, [allocation[cell] for cell in batch], iterations, generator)
-        fine_by_cell.update(zip(batch, results, strict=True))
+        for cell, result in zip(batch, results, strict=True):
+            if fitted_by_cell[cell].numel() < members_by_cell[cell].numel():
+                result = KMeansResult(result.centroids, nearest(points[members_by_cell[cell]], result.centroids))
+            fine_by_cell[cell] = result
     centroids, labels = [], torch.empty(n, dtype=torch.long, device=points.device)
     offset = 0
     for cell in cell_order.tolist():
@@ -168,6 +179,15 @@ def kmeans(points: Tensor, k: int, iterations: int = 10, seed: int = 0,
         labels[members_by_cell[cell]] = rank[fine.labels] + offset
         offset += fine.centroids.shape[0]
     return KMeansResult(torch.cat(centroids), labels)
+
+
+def _fit_sample(members: Tensor, centroids: int, per_centroid: int | None, generator: torch.Generator) -> Tensor:
+    """The members a cell's centroids are fitted on: all, or a random ``per_centroid`` points per centroid."""
+    wanted = None if per_centroid is None else max(centroids, 1) * per_centroid
+    if wanted is None or members.numel() <= wanted:
+        return members
+    keep = torch.randperm(members.numel(), generator=generator, device=members.device)[:wanted]
+    return members[keep.sort().values]
 
 
 def _size_batches(members_by_cell: list[Tensor], allocation: list[int], budget: int) -> list[list[int]]:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from spaceport import __version__
-from spaceport.compress.kmeans import Codebook1D, KMeansResult, kmeans, quantize_1d
+from spaceport.compress.kmeans import FIT_POINTS_PER_CENTROID, Codebook1D, KMeansResult, kmeans, quantize_1d
 from spaceport.formats.gaussians import SH_REST_COUNTS, Gaussians
 from spaceport.formats.sog import (
     FILES,
@@ -94,7 +94,8 @@ class Precision:
 
 def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_size: int | None = None,
                kmeans_iterations: int = 10, seed: int = 0, device: torch.device | str = "cpu",
-               precision: Precision = Precision()) -> SogContent:
+               precision: Precision = Precision(),
+               kmeans_fit_points: int | None = FIT_POINTS_PER_CENTROID) -> SogContent:
     """Quantize ``g`` into SOG images with splat ``order[i]`` at texel i. ``sh_bands`` above the input's
     degree is lowered to it; ``palette_size`` None means ``default_palette_size``.
 
@@ -137,7 +138,7 @@ def encode_sog(g: Gaussians, order: np.ndarray, *, sh_bands: int = 3, palette_si
     if bands > 0:
         palette = min(palette_size or default_palette_size(count), MAX_PALETTE)
         labels, content.meta["shN"] = _encode_palette(g, bands, palette, kmeans_iterations, seed, device, images,
-                                                      precision.sh_levels)
+                                                      precision.sh_levels, kmeans_fit_points)
         label_bytes = np.stack([labels & 0xFF, labels >> 8, np.zeros_like(labels), np.full_like(labels, 255)], 1)
         images["shN_labels.webp"] = texture(label_bytes.astype(np.uint8))
     return content
@@ -200,13 +201,13 @@ def _texture(per_splat: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, seed: int,
                     device: torch.device | str, images: dict[str, np.ndarray],
-                    levels: int = 256) -> tuple[np.ndarray, dict]:
+                    levels: int = 256, fit_points: int | None = FIT_POINTS_PER_CENTROID) -> tuple[np.ndarray, dict]:
     """The SH palette image and meta entry; returns each splat's palette label (input order) too."""
     coefficients = SH_REST_COUNTS[bands]
     count = len(g)
     # one vector per splat, coefficient-major (coefficient j's R, G, B side by side): what a centroid texel holds
     vectors = torch.as_tensor(np.ascontiguousarray(g.shN[:, :coefficients, :]), device=device)
-    clusters = _palette(vectors.reshape(count, coefficients * 3), palette, iterations, seed)
+    clusters = _palette(vectors.reshape(count, coefficients * 3), palette, iterations, seed, fit_points)
     values = _codebook(clusters.centroids, levels)
     centroid_count = clusters.centroids.shape[0]
     if centroid_count > MAX_PALETTE:
@@ -222,17 +223,18 @@ def _encode_palette(g: Gaussians, bands: int, palette: int, iterations: int, see
     return clusters.labels.cpu().numpy(), meta
 
 
-def _palette(vectors: torch.Tensor, palette: int, iterations: int, seed: int) -> KMeansResult:
+def _palette(vectors: torch.Tensor, palette: int, iterations: int, seed: int,
+             fit_points: int | None = FIT_POINTS_PER_CENTROID) -> KMeansResult:
     """k-means palette of the SH vectors. Gaussians whose higher bands are all zero (dropped as negligible)
     share entry 0, a zero vector (decoded as the value codebook's entry nearest 0), and stay out of the
     clustering: the other entries go to the Gaussians whose view-dependent colour shows."""
     silent = ~vectors.any(1)
     if not silent.any() or palette < 2:
-        return kmeans(vectors, palette, iterations, seed)
+        return kmeans(vectors, palette, iterations, seed, fit_points_per_centroid=fit_points)
     labels = torch.zeros(len(vectors), dtype=torch.long, device=vectors.device)
     centroids = torch.zeros(1, vectors.shape[1], device=vectors.device)
     if not silent.all():
-        clusters = kmeans(vectors[~silent], palette - 1, iterations, seed)
+        clusters = kmeans(vectors[~silent], palette - 1, iterations, seed, fit_points_per_centroid=fit_points)
         labels[~silent] = clusters.labels + 1
         centroids = torch.cat([centroids, clusters.centroids])
     return KMeansResult(centroids, labels)

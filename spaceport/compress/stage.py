@@ -87,7 +87,7 @@ def compress_splat(splat: Gaussians, out_sog: Path, config: CompressConfig, prog
                           colour_levels=config.colour_levels, sh_levels=config.sh_levels)
     content = encode_sog(splat, order, sh_bands=config.sh_bands, palette_size=config.palette_size,
                          kmeans_iterations=config.kmeans_iterations, seed=config.seed, device=device,
-                         precision=precision)
+                         precision=precision, kmeans_fit_points=config.kmeans_fit_points)
     seconds["quantize"] = time.perf_counter() - started
     started = time.perf_counter()
     files = encode_files(content, WebpOptions(method=config.webp_method, quality=config.webp_quality))
