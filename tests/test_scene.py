@@ -89,3 +89,20 @@ def test_synthetic_scene_round_trips_through_colmap(tmp_path):
         origin_in_camera = view.viewmat[:3, 3]
         assert origin_in_camera[:2].abs().max().item() < 1e-5 and origin_in_camera[2].item() > 0
         assert view.image.shape == (30, 40, 3) and view.image.float().std() > 1  # not blank
+
+
+def test_downscaled_view_keeps_the_projection_and_the_colours(tmp_path):
+    truth = random_gaussians(80, sh_degree=0, seed=2, extent=1.0)
+    synthetic = write_synthetic_scene(tmp_path, truth, num_views=2, width=90, height=60, num_points=50)
+    scene = load_scene(synthetic.model_dir, synthetic.images_dir, holdout_every=0)
+    view = scene.train_views[0]
+    for factor in (2, 4):
+        small = view.downscaled(factor)
+        assert (small.width, small.height) == (round(90 / factor), round(60 / factor))
+        assert small.image.dtype == torch.uint8 and small.viewmat is view.viewmat
+        # a point lands at the same place in image units: pixel coordinates scale by the size ratio
+        ratio = np.array([small.width / view.width, small.height / view.height])
+        np.testing.assert_allclose(project(small, scene.points), project(view, scene.points) * ratio, rtol=1e-5)
+        # antialiased resampling keeps the mean colour and smooths the detail
+        np.testing.assert_allclose(small.image.float().mean((0, 1)), view.image.float().mean((0, 1)), atol=2.0)
+        assert small.image.float().std() <= view.image.float().std() + 1e-3

@@ -114,7 +114,8 @@ def test_default_strategy_densifies_within_its_budget(workspace):
 def test_mcmc_strategy_runs_on_cpu(workspace):
     result = run_train(workspace, small_config(strategy="mcmc", cap_max=44), NullProgress())
     counts = [m["num_gaussians"] for m in read_metrics(workspace) if "num_gaussians" in m]
-    assert counts[0] == 40 and result.metrics["num_gaussians"] == 44  # +5% per refine (40, 42, 44), capped
+    # the growth factor reaches the budget halfway through the refinements (40 -> 44 at the first), then stays
+    assert counts[0] == 40 and result.metrics["num_gaussians"] == 44
     assert result.metrics["strategy"] == "mcmc" and math.isfinite(result.metrics["psnr"])
 
 
@@ -185,8 +186,12 @@ def test_missing_sfm_output_is_reported(tmp_path):
 def test_presets_validate_and_preview_is_cpu_sized():
     preview = PRESETS["preview"].train
     assert preview.max_image_width <= 320 and preview.steps <= 5000 and preview.cap_max <= 100_000
-    standard = PRESETS["standard"].train
-    assert standard.steps == 12_000 and standard.refine_stop == 6_000 and standard.max_image_width is None
+    assert preview.strategy == "default" and not preview.resolution_schedule and not preview.early_stop_patience
+    standard, quality = PRESETS["standard"].train, PRESETS["quality"].train
+    for gpu in (standard, quality):  # full size, MCMC with a photo-sized budget, coarse to fine, early stop
+        assert gpu.max_image_width is None and gpu.strategy == "mcmc" and gpu.gaussians_per_megapixel
+        assert gpu.resolution_schedule and gpu.refine_stop < gpu.steps and gpu.eval_every and gpu.early_stop_patience
+    assert quality.steps > standard.steps and quality.gaussians_per_megapixel > standard.gaussians_per_megapixel
 
 
 # -- checkpoints and resume --------------------------------------------------------------------------
@@ -257,6 +262,9 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(workspace):
 @pytest.mark.parametrize("strategy", [
     dict(strategy="mcmc", cap_max=44),  # relocation, growth and noise draw from the run's library stream
     dict(strategy="default", cap_max=60, grow_grad2d=1e-5),  # splits draw from it too
+    # the other optimizers' states, and the early stop's (evaluations that never stop the run)
+    dict(strategy="mcmc", cap_max=44, optimizer="selective", eval_every=30, early_stop_patience=5),
+    dict(strategy="default", cap_max=60, grow_grad2d=1e-5, optimizer="fused"),
 ])
 def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path, strategy):
     """On the CPU the loop is deterministic: stopping at a checkpoint and resuming gives the same splat

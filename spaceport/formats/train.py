@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +30,7 @@ class Evaluation(BaseModel):
     psnr: float
     ssim: float
     num_views: int
+    protocol: Literal["full-image", "nerf-w-right-half"] = "full-image"  # see spaceport.splat.evaluate
     views: list[ViewScore] = Field(default_factory=list)
 
 
@@ -42,6 +44,7 @@ class MetricsLine(BaseModel):
     num_gaussians: int | None = None
     sh_degree: int | None = None
     lr_means: float | None = None
+    image_width: int | None = None  # the coarse-to-fine level's width at this step
     steps_per_second: float | None = None
     elapsed_seconds: float | None = None
     eval_psnr: float | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -22,6 +22,11 @@ class TrainConfig(BaseModel):
     max_image_width: int | None = Field(None, ge=16, description="downscale images to at most this width")
     holdout_every: int = Field(8, ge=0, description="every Nth image (sorted by name) is held out; 0 = none")
     max_init_points: int | None = Field(None, ge=1, description="random subset of the sparse points")
+    resolution_schedule: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="coarse to fine: [[factor, until_step], ...] trains on images downscaled by factor while "
+        "step < until_step (factors falling, steps rising), then at full size; [] = full size throughout",
+    )
 
     # -- schedule ------------------------------------------------------------------------------------
     steps: int = Field(30_000, ge=1)
@@ -32,6 +37,12 @@ class TrainConfig(BaseModel):
         "2 keeps most of the specular detail and generalises better",
     )
     sh_degree_interval: int = Field(1000, ge=1, description="raise the SH degree by one every N steps")
+    early_stop_patience: int = Field(
+        0, ge=0, description="stop once this many held-out evaluations in a row (every eval_every steps) have not "
+        "beaten the best PSNR by early_stop_min_gain; 0 = never. The held-out views then steer the run, so its "
+        "final held-out figures are slightly optimistic",
+    )
+    early_stop_min_gain: float = Field(0.02, ge=0.0, description="dB an evaluation must gain to count as a rise")
 
     # -- optimiser (INRIA learning rates; means' are scaled by the scene extent) -----------------------
     lr_means: float = 1.6e-4
@@ -58,6 +69,16 @@ class TrainConfig(BaseModel):
         1_000_000, ge=1,
         description="Gaussian budget: MCMC's cap_max, and the most DefaultStrategy may grow to",
     )
+    gaussians_per_megapixel: float | None = Field(
+        None, gt=0.0,
+        description="budget from the photos: this many Gaussians per megapixel of training images, at most "
+        "cap_max; None: cap_max",
+    )
+    mcmc_grow_factor: float | None = Field(
+        None, gt=1.0,
+        description="MCMC: Gaussians multiply by this at each refinement until the budget; None: the factor that "
+        "reaches the budget halfway through the refine window (at least gsplat's 1.05)",
+    )
     init_opacity: float | None = Field(None, gt=0.0, lt=1.0, description="None: 0.1 (default), 0.5 (mcmc)")
     init_scale: float | None = Field(
         None, gt=0.0, description="multiplier of the nearest-neighbour scale; None: 1.0 (default), 0.1 (mcmc)")
@@ -71,12 +92,41 @@ class TrainConfig(BaseModel):
 
     # -- runtime -------------------------------------------------------------------------------------
     backend: Literal["auto", "gsplat", "torch"] = "auto"
+    ssim_kernel: Literal["auto", "separable", "reference", "triton"] = Field(
+        "auto", description="auto: the fused Triton kernel on CUDA when Triton imports and passes its self-check, "
+        "else separable convolutions; reference: the 2D-window twin")
+    optimizer: Literal["auto", "adam", "fused", "selective"] = Field(
+        "auto",
+        description="auto: fused Adam on CUDA, adam on the CPU. selective: gsplat's SelectiveAdam (updates only "
+        "the Gaussians the view sees, no bias correction; a PyTorch twin on the CPU)",
+    )
+    packed: bool = Field(False, description="gsplat's packed rasterization (backend gsplat only)")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(0, ge=0, description="also evaluate held-out views every N steps; 0 = at end")
+    eval_views: int = Field(
+        0, ge=0, description="views of the evaluations every eval_every steps (the first N held out); 0 = all. "
+        "The final evaluation uses all")
     num_renders: int = Field(3, ge=0, description="side-by-side held-out PNGs written at the end")
+
+    # -- appearance (spaceport.splat.appearance) -----------------------------------------------------
+    appearance: Literal["auto", "off", "affine", "bilateral"] = Field(
+        "auto", description="a colour transform per training photo before the loss; auto: affine when the photos "
+        "come from several cameras or their exposure varies; evaluation then uses the NeRF-W protocol")
+    appearance_lr: float = Field(5e-3, gt=0.0, description="Adam learning rate of the per-photo transforms")
+    appearance_reg: float = Field(1e-2, ge=0.0, description="weight of the transforms' distance from the identity")
+
+    @model_validator(mode="after")
+    def _check_resolution_schedule(self) -> TrainConfig:
+        factors = [factor for factor, _ in self.resolution_schedule]
+        until = [step for _, step in self.resolution_schedule]
+        if any(f < 2 for f in factors) or factors != sorted(set(factors), reverse=True) \
+                or until != sorted(set(until)) or any(s < 1 for s in until):
+            raise ValueError(f"resolution_schedule {self.resolution_schedule}: factors must be integers >= 2 that "
+                             "fall and steps must rise, e.g. [[4, 700], [2, 2000]]")
+        return self
 
     def resolved(self) -> TrainConfig:
         """A copy with the strategy-dependent defaults (fields left None) filled in."""

@@ -1,44 +1,29 @@
-"""Image quality: a differentiable SSIM (also the training loss), PSNR, and held-out evaluation."""
+"""Image quality: a differentiable SSIM (also the training loss), PSNR, and held-out evaluation.
+
+Two protocols. ``full-image``: the render against the whole photo. ``nerf-w-right-half`` (Martin-Brualla et al.,
+NeRF in the Wild, 2021), for runs that learn a per-photo appearance (``spaceport.splat.appearance``): a held-out
+photo has no learned appearance, so an affine colour transform of the render is fitted to the photo's left half
+and PSNR/SSIM are measured on its right half only, where the fit has not looked.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from spaceport.splat.appearance import AppearanceModel, apply_affine, fit_affine
 from spaceport.splat.model import render_params
 from spaceport.splat.scene import View
+from spaceport.splat.ssim import ssim  # noqa: F401 (re-exported: the training loss and tests import it here)
 from spaceport.workspace import atomic_write_bytes
 
-
-def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
-    offsets = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
-    weights = weights / weights.sum()
-    return (weights[:, None] * weights[None, :]).expand(channels, 1, size, size).contiguous()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004: Gaussian window 11/1.5, C1=0.01^2, C2=0.03^2, valid region only)
-    of image batches ``(B, H, W, C)`` with values in [0, 1]; differentiable."""
-    a, b = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
-    channels = a.shape[1]
-    window = _gaussian_window(window_size, sigma, channels, a.device, a.dtype)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, groups=channels)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return ssim_map.mean()
+Protocol = Literal["full-image", "nerf-w-right-half"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -61,8 +46,15 @@ def evaluate_views(
     backend: str,
     renders_dir: Path | None = None,
     num_renders: int = 0,
+    appearance: AppearanceModel | bool | None = None,
 ) -> dict:
-    """PSNR/SSIM of every view and their means; writes ``num_renders`` side-by-side PNGs (GT | render)."""
+    """PSNR/SSIM of every view and their means; writes ``num_renders`` side-by-side PNGs (GT | render).
+
+    ``appearance``: None, False or a model of kind "none" measure whole images (``full-image``); True or an
+    enabled ``AppearanceModel`` use ``nerf-w-right-half``, and the PNGs show the render with the transform
+    fitted on the left half applied to the whole. ``protocol`` in the result says which.
+    """
+    protocol = evaluation_protocol(appearance)
     per_view = []
     for index, view in enumerate(views):
         backgrounds = None if background is None else background[None]
@@ -70,10 +62,14 @@ def evaluate_views(
                                      sh_degree=sh_degree, backgrounds=backgrounds, backend=backend)
         rendered = colors[0].clamp(0, 1)
         truth = to_float_image(view)
+        scored_render, scored_truth = rendered, truth
+        if protocol == "nerf-w-right-half":
+            rendered = compensate_from_left_half(rendered, truth)
+            scored_render, scored_truth = right_half(rendered), right_half(truth)
         per_view.append({
             "name": view.name,
-            "psnr": float(psnr(rendered, truth)),
-            "ssim": float(ssim(rendered[None], truth[None])),
+            "psnr": float(psnr(scored_render, scored_truth)),
+            "ssim": float(ssim(scored_render[None], scored_truth[None])),
         })
         if renders_dir is not None and index < num_renders:
             write_side_by_side(renders_dir / f"{Path(view.name).stem}.png", truth, rendered)
@@ -81,8 +77,29 @@ def evaluate_views(
         "psnr": float(np.mean([v["psnr"] for v in per_view])) if per_view else float("nan"),
         "ssim": float(np.mean([v["ssim"] for v in per_view])) if per_view else float("nan"),
         "num_views": len(per_view),
+        "protocol": protocol,
     }
     return {**summary, "views": per_view}
+
+
+def evaluation_protocol(appearance: AppearanceModel | bool | None) -> Protocol:
+    if isinstance(appearance, AppearanceModel):
+        return "nerf-w-right-half" if appearance.enabled else "full-image"
+    return "nerf-w-right-half" if appearance else "full-image"
+
+
+def left_half(image: torch.Tensor) -> torch.Tensor:
+    return image[:, : image.shape[1] // 2]
+
+
+def right_half(image: torch.Tensor) -> torch.Tensor:
+    return image[:, image.shape[1] // 2 :]
+
+
+def compensate_from_left_half(rendered: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The (H, W, 3) render with the affine colour transform that best matches the photo's left half."""
+    transform = fit_affine(left_half(rendered), left_half(truth))
+    return apply_affine(rendered, transform).clamp(0, 1)
 
 
 def write_side_by_side(path: Path, truth: torch.Tensor, rendered: torch.Tensor) -> None:

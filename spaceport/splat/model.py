@@ -7,6 +7,8 @@ Parameters live in a ``torch.nn.ParameterDict`` with gsplat's names and raw para
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -16,6 +18,8 @@ from spaceport.splat.render import render
 
 SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+ADAM_EPS, ADAM_BETAS = 1e-15, (0.9, 0.999)  # INRIA's eps
+OptimizerKind = Literal["adam", "fused", "selective"]
 
 
 def gaussians_from_points(
@@ -82,12 +86,56 @@ def empty_params_like(num_gaussians: int, sh_degree: int, device: torch.device |
     )
 
 
-def make_optimizers(params: torch.nn.ParameterDict, learning_rates: dict[str, float]) -> dict[str, torch.optim.Adam]:
-    """One Adam per parameter (the layout gsplat's strategies expect), INRIA's eps."""
-    return {
-        name: torch.optim.Adam([{"params": [params[name]], "lr": learning_rates[name], "name": name}], eps=1e-15)
-        for name in PARAM_NAMES
-    }
+def make_optimizers(params: torch.nn.ParameterDict, learning_rates: dict[str, float],
+                    kind: OptimizerKind = "adam") -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter (the layout gsplat's strategies expect), INRIA's eps.
+
+    ``kind``: "adam" (torch's default implementation), "fused" (one kernel per parameter, on CUDA and CPU), or
+    "selective" (gsplat's SelectiveAdam on CUDA, ``SelectiveAdamTorch`` on the CPU: ``step(visibility)``)."""
+    def one(name: str) -> torch.optim.Adam:
+        groups = [{"params": [params[name]], "lr": learning_rates[name], "name": name}]
+        if kind == "selective":
+            if params[name].is_cuda:
+                from gsplat.optimizers import SelectiveAdam
+
+                return SelectiveAdam(groups, eps=ADAM_EPS, betas=ADAM_BETAS)
+            return SelectiveAdamTorch(groups, eps=ADAM_EPS, betas=ADAM_BETAS)
+        return torch.optim.Adam(groups, eps=ADAM_EPS, betas=ADAM_BETAS, fused=True if kind == "fused" else None)
+
+    return {name: one(name) for name in PARAM_NAMES}
+
+
+class SelectiveAdamTorch(torch.optim.Adam):
+    """gsplat 1.5.3's ``SelectiveAdam`` in PyTorch (its CUDA kernel's arithmetic): rows whose Gaussian is not
+    visible keep their parameter and both moments; visible rows take an Adam step without bias correction."""
+
+    @torch.no_grad()
+    def step(self, visibility: torch.Tensor) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            param = group["params"][0]
+            if param.grad is None:
+                continue
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            beta1, beta2 = group["betas"]
+            visible = visibility.view(-1, *[1] * (param.dim() - 1))
+            grad, exp_avg, exp_avg_sq = param.grad, state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.copy_(torch.where(visible, beta1 * exp_avg + (1 - beta1) * grad, exp_avg))
+            exp_avg_sq.copy_(torch.where(visible, beta2 * exp_avg_sq + (1 - beta2) * grad * grad, exp_avg_sq))
+            update = -group["lr"] * exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+            param.add_(torch.where(visible, update, torch.zeros_like(update)))
+
+
+def visible_gaussians(info: dict) -> torch.Tensor:
+    """(N,) bool: the Gaussians any camera of a render saw (radius above zero), for SelectiveAdam."""
+    radii = info["radii"]
+    if info.get("gaussian_ids") is not None:  # packed: one row per (camera, visible Gaussian)
+        visible = torch.zeros(info["n_gaussians"], dtype=torch.bool, device=radii.device)
+        return visible.index_fill_(0, info["gaussian_ids"], True)
+    return (radii > 0).all(dim=-1).any(dim=0)
 
 
 def render_params(
@@ -101,14 +149,17 @@ def render_params(
     backgrounds: torch.Tensor | None = None,
     backend: str = "auto",
     absgrad: bool = False,
+    packed: bool = False,
 ):
     """Render raw parameters: activations applied here (exp scales, sigmoid opacities)."""
     colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-    return render(
+    rendered, alphas, info = render(
         params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
         colors, viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds,
-        absgrad=absgrad, backend=backend,
+        absgrad=absgrad, backend=backend, packed=packed,
     )
+    info.setdefault("n_gaussians", params["means"].shape[0])
+    return rendered, alphas, info
 
 
 def render_gaussians(

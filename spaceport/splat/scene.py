@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from spaceport.workspace import SpaceportError
@@ -34,6 +35,16 @@ class View:
 
     def to(self, device: torch.device | str) -> View:
         return View(self.name, self.image.to(device), self.K.to(device), self.viewmat.to(device))
+
+    def downscaled(self, factor: int) -> View:
+        """The view at 1/factor of its size (rounded), on its device: antialiased bilinear resampling, whose
+        pixel grid maps exactly onto the original's, so K scales by the size ratio like ``_load_view``'s."""
+        width, height = max(1, round(self.width / factor)), max(1, round(self.height / factor))
+        pixels = self.image.permute(2, 0, 1)[None].float()
+        resized = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        image = resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous()
+        scale = torch.tensor([width / self.width, height / self.height, 1.0], device=self.K.device)
+        return View(self.name, image, self.K * scale[:, None], self.viewmat)
 
 
 @dataclass

@@ -111,7 +111,11 @@ def inject_noise_torch(params: Params, scaler: float) -> None:
 
 @dataclass
 class CpuMCMCStrategy(MCMCStrategy):
-    """``MCMCStrategy`` whose relocation, growth and noise run on CPU tensors (gsplat's need CUDA)."""
+    """``MCMCStrategy`` whose relocation, growth and noise run on CPU tensors (gsplat's need CUDA).
+
+    ``grow_factor``: the Gaussians multiply by it at each refinement until ``cap_max`` (gsplat: 1.05)."""
+
+    grow_factor: float = 1.05
 
     def step_post_backward(self, params, optimizers, state, step, info, lr):
         """As ``MCMCStrategy.step_post_backward``: relocate and add while refining, perturb every step."""
@@ -132,7 +136,7 @@ class CpuMCMCStrategy(MCMCStrategy):
     @torch.no_grad()
     def _add_new_gs(self, params, optimizers, binoms) -> int:
         current = len(params["means"])
-        n_new = max(0, min(self.cap_max, int(1.05 * current)) - current)
+        n_new = max(0, min(self.cap_max, int(self.grow_factor * current)) - current)
         if n_new > 0:
             sample_add_torch(params, optimizers, n_new, binoms, self.min_opacity)
         return n_new

@@ -1,12 +1,19 @@
 """The train stage: 3D Gaussian Splatting from an undistorted COLMAP model.
 
 Adam with INRIA's per-parameter learning rates, L1 + D-SSIM, SH degree raised progressively, and
-gsplat's densification strategies (``DefaultStrategy`` with a Gaussian budget, or ``MCMCStrategy``).
-Checkpoints every N steps and on SIGTERM/SIGINT; a re-run resumes from the newest one.
+gsplat's densification strategies (``DefaultStrategy`` with a Gaussian budget, or ``MCMCStrategy``, whose budget
+may follow the photos' pixel count). Optionally coarse to fine (images downscaled on the device once) and stopped
+early when held-out PSNR stops rising. Checkpoints every N steps (written by a background thread) and on
+SIGTERM/SIGINT; a re-run resumes from the newest one.
+
+The step keeps the host ahead of the GPU: no host syncs of its own (gsplat's tile intersection has one, and
+DefaultStrategy's refinements every ``refine_every`` steps), images stay on the device as uint8, the view order
+is drawn once per epoch. ``bench/train_gpu.py --profile`` shows where a step's time goes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -21,23 +28,28 @@ from typing import Any
 import gsplat
 import torch
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
-from gsplat.strategy.ops import reset_opa
+from gsplat.strategy.ops import reset_opa, sample_add
 
 from spaceport.devices import resolve_device
 from spaceport.formats.gaussians import SH_REST_COUNTS, write_ply
 from spaceport.progress import Progress
+from spaceport.splat.appearance import AppearanceDecision, AppearanceModel, decide_for_scene
 from spaceport.splat.config import TrainConfig
-from spaceport.splat.evaluate import evaluate_views, ssim, to_float_image
+from spaceport.splat.evaluate import evaluate_views, to_float_image
 from spaceport.splat.model import (
+    OptimizerKind,
     empty_params_like,
     gaussians_from_params,
     gaussians_from_points,
     make_optimizers,
     params_from_gaussians,
     render_params,
+    visible_gaussians,
 )
+from spaceport.splat.profiling import NULL_TIMER, NullTimer, StepProfiler, StepTimer
 from spaceport.splat.render import resolve_backend
 from spaceport.splat.scene import Scene, View, check_model_dir, load_scene
+from spaceport.splat.ssim import resolve_ssim_kernel, ssim
 from spaceport.splat.strategy_cpu import CpuMCMCStrategy
 from spaceport.workspace import (
     SpaceportError,
@@ -48,11 +60,15 @@ from spaceport.workspace import (
     atomic_write_to,
 )
 
-CHECKPOINT_VERSION = 2  # 2: the run's own random streams instead of the global RNGs' states
+# 2: the run's own random streams instead of the global RNGs' states; 3: early-stop state; 4: per-photo appearance
+CHECKPOINT_VERSION = 4
 # gsplat 1.5.3 tests ``step % reset_every == 0 & step > 0``; ``&`` binds before the comparisons, so it reads
 # ``step % reset_every == 0 > 0`` and never holds: no opacity reset. 1.6.0 fixed it; 1.5.2 and older reset.
 GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET = frozenset({"1.5.3"})
 MULTINOMIAL_LIMIT = 2**24  # above it gsplat's _multinomial_sample draws from numpy's global RNG
+GROW_TO_BUDGET_BY = 0.5  # mcmc_grow_factor None: the budget is reached after this share of the refinements
+GSPLAT_MCMC_GROW_FACTOR, MAX_AUTO_GROW_FACTOR = 1.05, 1.5
+MIN_LEVEL_SIZE = 32  # px, the shorter side of a coarse-to-fine level (SSIM's window is 11)
 __all__ = ["TrainConfig", "TrainingInterrupted", "run_train"]
 
 
@@ -67,7 +83,8 @@ class BudgetedDefaultStrategy(DefaultStrategy):
     It never grows past ``cap_max`` Gaussians: when more pass the gradient threshold than there is room
     for, only those with the highest gradients grow. Opacities are reset every ``reset_every`` steps while
     refining, as the INRIA recipe and gsplat 1.6 do; on gsplat 1.5.3 (``GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET``)
-    the ``reset_opacities_if_due`` hook does it, since gsplat's own test never holds there.
+    the ``reset_opacities_if_due`` hook does it, since gsplat's own test never holds there. Its per-step
+    statistics are accumulated densely (``_update_state``), without gsplat's host sync.
     """
 
     cap_max: int = 1_000_000
@@ -85,6 +102,29 @@ class BudgetedDefaultStrategy(DefaultStrategy):
             reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
     @torch.no_grad()
+    def _update_state(self, params, state, info, packed=False):
+        """gsplat's statistics (mean screen-space gradient norm, visible count, largest radius) added densely over
+        the (C, N) grid instead of through ``torch.where(visible)``, which waits for the GPU on every step. With
+        one camera the sums are gsplat's, bit for bit (an invisible Gaussian adds 0)."""
+        if packed:  # gsplat's packed branch indexes by the given ids: no sync
+            return super()._update_state(params, state, info, packed=True)
+        means2d = info[self.key_for_gradient]
+        gradient = (means2d.absgrad if self.absgrad else means2d.grad).clone()
+        gradient[..., 0] *= info["width"] / 2.0 * info["n_cameras"]
+        gradient[..., 1] *= info["height"] / 2.0 * info["n_cameras"]
+        norms = gradient.norm(dim=-1)  # (C, N)
+        visible = (info["radii"] > 0.0).all(dim=-1)  # (C, N)
+        n_gaussians = len(params["means"])
+        for key in ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ()):
+            if state[key] is None:
+                state[key] = torch.zeros(n_gaussians, device=gradient.device)
+        state["grad2d"] += torch.where(visible, norms, 0.0).sum(dim=0)
+        state["count"] += visible.sum(dim=0)
+        if self.refine_scale2d_stop_iter > 0:
+            radii = torch.where(visible, info["radii"].max(dim=-1).values, 0).amax(dim=0)
+            state["radii"] = torch.maximum(state["radii"], radii / float(max(info["width"], info["height"])))
+
+    @torch.no_grad()
     def _grow_gs(self, params, optimizers, state, step):
         room = self.cap_max - len(params["means"])
         if room <= 0:
@@ -100,6 +140,22 @@ class BudgetedDefaultStrategy(DefaultStrategy):
             return super()._grow_gs(params, optimizers, state, step)
         finally:
             self.grow_grad2d = configured
+
+
+@dataclass
+class BudgetedMCMCStrategy(MCMCStrategy):
+    """gsplat's MCMCStrategy whose Gaussians multiply by ``grow_factor`` (gsplat: 1.05) per refinement."""
+
+    grow_factor: float = GSPLAT_MCMC_GROW_FACTOR
+
+    @torch.no_grad()
+    def _add_new_gs(self, params, optimizers, binoms) -> int:
+        current = len(params["means"])
+        n_new = max(0, min(self.cap_max, int(self.grow_factor * current)) - current)
+        if n_new > 0:
+            sample_add(params=params, optimizers=optimizers, state={}, n=n_new, binoms=binoms,
+                       min_opacity=self.min_opacity)
+        return n_new
 
 
 class RunRandomness:
@@ -150,6 +206,26 @@ class RunRandomness:
 
 
 @dataclass
+class EarlyStop:
+    """The best held-out PSNR so far and how many evaluations since it; ``stopped_at`` once patience ran out."""
+
+    best_psnr: float = -math.inf
+    best_step: int = 0
+    evaluations_since_best: int = 0
+    stopped_at: int | None = None
+
+    def record(self, psnr: float, step: int, config: TrainConfig) -> bool:
+        """Take an evaluation; True when the run should stop here."""
+        if psnr > self.best_psnr + config.early_stop_min_gain:
+            self.best_psnr, self.best_step, self.evaluations_since_best = psnr, step, 0
+        else:
+            self.evaluations_since_best += 1
+        if config.early_stop_patience and self.evaluations_since_best >= config.early_stop_patience:
+            self.stopped_at = step
+        return self.stopped_at is not None
+
+
+@dataclass
 class TrainingState:
     params: torch.nn.ParameterDict
     optimizers: dict[str, torch.optim.Adam]
@@ -157,6 +233,8 @@ class TrainingState:
     rng: RunRandomness
     step: int = 0  # steps completed
     elapsed_seconds: float = 0.0  # training-loop time over all runs
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+    appearance: AppearanceModel = field(default_factory=lambda: AppearanceModel(0, "none"))
 
 
 @dataclass
@@ -164,18 +242,73 @@ class StopRequest:
     signal_number: int | None = None
 
 
+class EpochOrder:
+    """Training views in a fresh random order each epoch, drawn once per epoch. The order is a function of
+    (seed, epoch), so a resumed run visits the same views as an uninterrupted one."""
+
+    def __init__(self, num_views: int, seed: int):
+        self.num_views, self.seed = num_views, seed
+        self.epoch, self.order = -1, []
+
+    def index_at(self, step: int) -> int:
+        epoch, position = divmod(step, self.num_views)
+        if epoch != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self.epoch, self.order = epoch, torch.randperm(self.num_views, generator=generator).tolist()
+        return self.order[position]
+
+
+class CheckpointWriter:
+    """Writes checkpoints from a background thread: the loop pays for the copy to host memory, not the file."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, payload: dict[str, Any], keep: int) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(path, payload, keep), daemon=True,
+                                        name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any], keep: int) -> None:
+        try:
+            with atomic_write_to(path) as file:
+                torch.save(payload, file)
+            for old in list_checkpoints(path.parent)[:-keep]:
+                old.unlink(missing_ok=True)
+        except BaseException as exc:  # re-raised in the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the last checkpoint is on disk; raises what its writing raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise SpaceportError(f"train: writing a checkpoint failed: {error}") from error
+
+
 @dataclass
 class TrainRun:
     """What one call of ``run_train`` works with (passed explicitly instead of globals)."""
 
-    config: TrainConfig
+    config: TrainConfig  # resolved, and fitted to the scene (budget, MCMC growth)
     scene: Scene
     device: torch.device
     backend: str
     strategy: DefaultStrategy | MCMCStrategy
     train_dir: Path
     progress: Progress
+    optimizer_kind: OptimizerKind = "adam"
+    ssim_kernel: str = "separable"
+    levels: dict[int, list[View]] = field(default_factory=dict)  # downscale factor -> training views
+    view_order: EpochOrder | None = None
+    profiler: StepProfiler | None = None
+    checkpoints: CheckpointWriter = field(default_factory=CheckpointWriter)
     log_lines: list[dict[str, Any]] = field(default_factory=list)
+    appearance: AppearanceDecision = AppearanceDecision("none", "appearance off")
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -189,11 +322,14 @@ class TrainRun:
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def run_train(ws: Workspace, config: TrainConfig, progress: Progress) -> StageResult:
+def run_train(ws: Workspace, config: TrainConfig, progress: Progress,
+              profiler: StepProfiler | None = None) -> StageResult:
     """Train a splat on ``sfm/undistorted`` and write ``train/``: splat.ply, eval.json, metrics.jsonl,
-    ckpt/step_NNNNNN.pt and renders/*.png. Resumes from the newest checkpoint if one exists."""
+    ckpt/step_NNNNNN.pt and renders/*.png. Resumes from the newest checkpoint if one exists.
+    ``profiler``: times the parts of the steps it covers (``bench/train_gpu.py --profile``)."""
     started = time.perf_counter()
     run = prepare_run(ws, config, progress)
+    run.profiler = profiler
     config, device, backend, first = run.config, run.device, run.backend, run.scene.train_views[0]
     state, resumed_from = resume_or_start(run)
     if device.type == "cuda":
@@ -211,11 +347,15 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress) -> StageRe
         "num_gaussians": len(state.params["means"]),
         "steps": state.step,
         "resumed_from_step": resumed_from,
+        "early_stopped_at": state.early_stop.stopped_at,
         "train_seconds": round(state.elapsed_seconds, 2),
         "steps_per_second": round(steps_run / loop_seconds if steps_run else state.step / max(
             state.elapsed_seconds, 1e-9), 3),
         "backend": backend,
         "strategy": config.strategy,
+        "cap_max": config.cap_max,
+        "optimizer": run.optimizer_kind,
+        "ssim_kernel": run.ssim_kernel,
         "image_width": first.width,
         "image_height": first.height,
     }
@@ -240,16 +380,76 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
     check_model_dir(model_dir, images_dir)
     device = resolve_device(config.device, "train")
     backend = resolve_backend(config.backend, device)
+    if config.packed and backend != "gsplat":
+        raise SpaceportError(f"train.packed is a gsplat option; backend {backend} renders non-packed only "
+                             "(set train.packed=false)")
+    try:
+        ssim_kernel = resolve_ssim_kernel(config.ssim_kernel, device)
+    except ValueError as exc:
+        raise SpaceportError(f"train.ssim_kernel: {exc}") from exc
     scene = load_scene(model_dir, images_dir, max_width=config.max_image_width,
                        holdout_every=config.holdout_every, max_points=config.max_init_points,
                        seed=config.seed).to(device)
+    config = fit_to_scene(config, scene)
     first = scene.train_views[0]
     progress.log(
         f"train: {len(scene.train_views)} training / {len(scene.test_views)} held-out views at "
         f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
-        f"backend {backend} on {device}, strategy {config.strategy}"
+        f"backend {backend} on {device}, strategy {config.strategy} (budget {config.cap_max} Gaussians)"
     )
-    return TrainRun(config, scene, device, backend, make_strategy(config, device), ws.train_dir, progress)
+    appearance = decide_for_scene(config.appearance, scene, ws.images_dir, model_dir)
+    progress.log(f"train: {appearance.reason}")
+    return TrainRun(config, scene, device, backend, make_strategy(config, device), ws.train_dir, progress,
+                    appearance=appearance,
+                    optimizer_kind=resolve_optimizer(config.optimizer, device), ssim_kernel=ssim_kernel,
+                    levels=resolution_levels(scene.train_views, config),
+                    view_order=EpochOrder(len(scene.train_views), config.seed))
+
+
+def fit_to_scene(config: TrainConfig, scene: Scene) -> TrainConfig:
+    """The budget from the training pixels (``gaussians_per_megapixel``, at most ``cap_max``) and, for MCMC
+    without a set ``mcmc_grow_factor``, the growth that reaches it after ``GROW_TO_BUDGET_BY`` of the
+    refinements. Idempotent: a checkpoint's config fits again to itself."""
+    updates: dict[str, Any] = {}
+    cap = config.cap_max
+    if config.gaussians_per_megapixel is not None:
+        megapixels = sum(view.width * view.height for view in scene.train_views) / 1e6
+        cap = updates["cap_max"] = max(1, min(config.cap_max, round(megapixels * config.gaussians_per_megapixel)))
+    if config.strategy == "mcmc" and config.mcmc_grow_factor is None:
+        first = (config.refine_start // config.refine_every + 1) * config.refine_every
+        refinements = len(range(first, config.refine_stop, config.refine_every))
+        growth_steps = max(1, math.floor(GROW_TO_BUDGET_BY * refinements))
+        factor = (cap / max(len(scene.points), 1)) ** (1 / growth_steps)
+        updates["mcmc_grow_factor"] = round(min(max(factor, GSPLAT_MCMC_GROW_FACTOR), MAX_AUTO_GROW_FACTOR), 4)
+    return config.model_copy(update=updates)
+
+
+def resolve_optimizer(kind: str, device: torch.device) -> OptimizerKind:
+    """"auto": fused Adam on CUDA (one kernel per parameter), torch's default Adam on the CPU."""
+    if kind == "auto":
+        return "fused" if device.type == "cuda" else "adam"
+    return kind  # type: ignore[return-value]
+
+
+def resolution_levels(views: list[View], config: TrainConfig) -> dict[int, list[View]]:
+    """The training views for every downscale factor of the resolution schedule (and 1), made once on the device.
+    A factor that would leave an image under ``MIN_LEVEL_SIZE`` px gets the next finer level that does not."""
+    levels, finest_coarse = {1: views}, 1
+    shortest = min(min(view.width, view.height) for view in views)
+    for factor, _ in sorted(config.resolution_schedule):
+        if shortest / factor >= MIN_LEVEL_SIZE:
+            levels[factor], finest_coarse = [view.downscaled(factor) for view in views], factor
+        else:
+            levels[factor] = levels[finest_coarse]
+    return levels
+
+
+def resolution_factor_at(config: TrainConfig, step: int) -> int:
+    """The downscale factor of the training images at ``step`` (1: full size)."""
+    for factor, until in config.resolution_schedule:
+        if step < until:
+            return factor
+    return 1
 
 
 def make_strategy(config: TrainConfig, device: torch.device) -> DefaultStrategy | MCMCStrategy:
@@ -257,10 +457,11 @@ def make_strategy(config: TrainConfig, device: torch.device) -> DefaultStrategy 
         if config.cap_max > MULTINOMIAL_LIMIT:
             raise SpaceportError(f"train.cap_max {config.cap_max} is above {MULTINOMIAL_LIMIT} with strategy mcmc, "
                                  "where gsplat samples from numpy's global random state; lower train.cap_max")
-        mcmc_class = CpuMCMCStrategy if device.type == "cpu" else MCMCStrategy
+        mcmc_class = CpuMCMCStrategy if device.type == "cpu" else BudgetedMCMCStrategy
         return mcmc_class(
             cap_max=config.cap_max, noise_lr=config.mcmc_noise_lr, refine_start_iter=config.refine_start,
             refine_stop_iter=config.refine_stop, refine_every=config.refine_every,
+            grow_factor=config.mcmc_grow_factor or GSPLAT_MCMC_GROW_FACTOR,
         )
     return BudgetedDefaultStrategy(
         cap_max=config.cap_max, grow_grad2d=config.grow_grad2d, refine_start_iter=config.refine_start,
@@ -288,14 +489,20 @@ def means_lr_at(config: TrainConfig, extent: float, step: int) -> float:
     return extent * math.exp((1 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
 
 
+def new_appearance(run: TrainRun) -> AppearanceModel:
+    return AppearanceModel(len(run.scene.train_views), run.appearance.kind, run.device,
+                           lr=run.config.appearance_lr, reg_weight=run.config.appearance_reg)
+
+
 def start_state(run: TrainRun) -> TrainingState:
     config, scene = run.config, run.scene
     gaussians = gaussians_from_points(scene.points, scene.colors, sh_degree=config.sh_degree,
                                       opacity=config.init_opacity, scale=config.init_scale)
     params = params_from_gaussians(gaussians, run.device)
-    optimizers = make_optimizers(params, learning_rates(config, scene.extent))
+    optimizers = make_optimizers(params, learning_rates(config, scene.extent), run.optimizer_kind)
     run.strategy.check_sanity(params, optimizers)
-    return TrainingState(params, optimizers, initial_strategy_state(run), RunRandomness(config.seed, run.device))
+    return TrainingState(params, optimizers, initial_strategy_state(run), RunRandomness(config.seed, run.device),
+                         appearance=new_appearance(run))
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -306,64 +513,95 @@ def train_loop(run: TrainRun, state: TrainingState, stop: StopRequest) -> None:
     task_started, steps_at_start = time.perf_counter(), state.step
     loss_sum = torch.zeros((), device=run.device)
     losses_in_sum = 0
-    with run.progress.task("train", total=config.steps) as task:
-        task.update(completed=state.step)
-        while state.step < config.steps:
-            step_started = time.perf_counter()
-            loss_sum += train_step(run, state).detach()
-            losses_in_sum += 1
-            state.step += 1
-            state.elapsed_seconds += time.perf_counter() - step_started
-            if state.step % config.log_every == 0 or state.step == config.steps:
-                rate = (state.step - steps_at_start) / (time.perf_counter() - task_started)
-                mean_loss = float(loss_sum) / losses_in_sum
-                loss_sum.zero_()
-                losses_in_sum = 0
-                log_step(run, state, mean_loss, rate)
-                task.update(completed=state.step, loss=mean_loss,
-                            gaussians=len(state.params["means"]), steps_s=round(rate, 2))
-            if (config.eval_every and state.step % config.eval_every == 0 and state.step < config.steps
-                    and run.scene.test_views):  # the final evaluation follows the loop
-                log_evaluation(run, state)
-            if state.step % config.checkpoint_every == 0 or state.step == config.steps:
-                save_checkpoint(run, state)
-            if stop.signal_number is not None:
-                path = save_checkpoint(run, state)
-                raise TrainingInterrupted(
-                    f"train: stopped by signal {stop.signal_number} at step {state.step}; checkpoint "
-                    f"{path.name} written, run again to resume"
-                )
+    try:
+        with run.progress.task("train", total=config.steps) as task:
+            task.update(completed=state.step)
+            while state.step < config.steps and state.early_stop.stopped_at is None:
+                timer = run.profiler.step_timer(state.step) if run.profiler else NULL_TIMER
+                step_started = time.perf_counter()
+                loss_sum += train_step(run, state, timer).detach()
+                losses_in_sum += 1
+                state.step += 1
+                state.elapsed_seconds += time.perf_counter() - step_started
+                if state.step % config.log_every == 0 or state.step == config.steps:
+                    rate = (state.step - steps_at_start) / (time.perf_counter() - task_started)
+                    mean_loss = float(loss_sum) / losses_in_sum  # the loop's one host sync between log lines
+                    loss_sum.zero_()
+                    losses_in_sum = 0
+                    log_step(run, state, mean_loss, rate)
+                    task.update(completed=state.step, loss=mean_loss,
+                                gaussians=len(state.params["means"]), steps_s=round(rate, 2))
+                if (config.eval_every and state.step % config.eval_every == 0 and state.step < config.steps
+                        and run.scene.test_views):  # the final evaluation follows the loop
+                    evaluate_during_training(run, state)
+                if (state.step % config.checkpoint_every == 0 or state.step == config.steps
+                        or state.early_stop.stopped_at is not None):
+                    save_checkpoint(run, state)
+                if run.profiler:
+                    run.profiler.end_step(state.step - 1, timer)
+                if stop.signal_number is not None:
+                    path = save_checkpoint(run, state)
+                    run.checkpoints.wait()
+                    raise TrainingInterrupted(
+                        f"train: stopped by signal {stop.signal_number} at step {state.step}; checkpoint "
+                        f"{path.name} written, run again to resume"
+                    )
+    finally:
+        if run.profiler:
+            run.profiler.close()
+        run.checkpoints.wait()
 
 
-def train_step(run: TrainRun, state: TrainingState) -> torch.Tensor:
+def train_step(run: TrainRun, state: TrainingState, timer: StepTimer | NullTimer = NULL_TIMER) -> torch.Tensor:
     config, params = run.config, state.params
     view = next_view(run, state.step)
+    view_index = run.view_order.index_at(state.step)
     means_lr = means_lr_at(config, run.scene.extent, state.step)
     for group in state.optimizers["means"].param_groups:
         group["lr"] = means_lr
-    background = training_background(config.background, run.device, state.rng.background)
-    colors, _, info = render_params(
-        params, view.viewmat[None], view.K[None], view.width, view.height,
-        sh_degree=sh_degree_at(config, state.step),
-        backgrounds=background[None], backend=run.backend, absgrad=config.absgrad,
-    )
-    loss = photometric_loss(colors, to_float_image(view)[None], config.ssim_lambda)
-    if config.opacity_reg:
-        loss = loss + config.opacity_reg * torch.sigmoid(params["opacities"]).mean()
-    if config.scale_reg:
-        loss = loss + config.scale_reg * torch.exp(params["scales"]).mean()
+    with timer.section("data"):
+        background = training_background(config.background, run.device, state.rng.background)
+        truth = to_float_image(view)[None]
+    with timer.section("render"):
+        colors, _, info = render_params(
+            params, view.viewmat[None], view.K[None], view.width, view.height,
+            sh_degree=sh_degree_at(config, state.step),
+            backgrounds=background[None], backend=run.backend, absgrad=config.absgrad, packed=config.packed,
+        )
+    with timer.section("loss"):
+        colors = state.appearance(colors, view_index)
+        loss = photometric_loss(colors, truth, config.ssim_lambda, run.ssim_kernel)
+        loss = loss + state.appearance.regularization(view_index)
+        if config.opacity_reg:
+            loss = loss + config.opacity_reg * torch.sigmoid(params["opacities"]).mean()
+        if config.scale_reg:
+            loss = loss + config.scale_reg * torch.exp(params["scales"]).mean()
     run.strategy.step_pre_backward(params, state.optimizers, state.strategy_state, state.step, info)
-    loss.backward()
-    for optimizer in state.optimizers.values():
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    with state.rng.library_stream():
+    with timer.section("backward"):
+        loss.backward()
+    with timer.section("optimizer"):
+        step_optimizers(run, state, info)
+        state.appearance.step()
+    with timer.section("strategy"), state.rng.library_stream():
         if isinstance(run.strategy, MCMCStrategy):
             run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info,
                                             lr=means_lr)
         else:
-            run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info)
+            run.strategy.step_post_backward(params, state.optimizers, state.strategy_state, state.step, info,
+                                            packed=config.packed)
     return loss
+
+
+def step_optimizers(run: TrainRun, state: TrainingState, info: dict[str, Any]) -> None:
+    if run.optimizer_kind == "selective":
+        visibility = visible_gaussians(info)
+        for optimizer in state.optimizers.values():
+            optimizer.step(visibility)
+            optimizer.zero_grad(set_to_none=True)
+        return
+    for optimizer in state.optimizers.values():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def sh_degree_at(config: TrainConfig, step: int) -> int:
@@ -371,18 +609,15 @@ def sh_degree_at(config: TrainConfig, step: int) -> int:
     return min(step // config.sh_degree_interval, config.sh_degree)
 
 
-def photometric_loss(rendered: torch.Tensor, truth: torch.Tensor, ssim_lambda: float) -> torch.Tensor:
+def photometric_loss(rendered: torch.Tensor, truth: torch.Tensor, ssim_lambda: float,
+                     ssim_kernel: str = "separable") -> torch.Tensor:
     l1 = (rendered - truth).abs().mean()
-    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(rendered, truth))
+    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(rendered, truth, ssim_kernel))
 
 
 def next_view(run: TrainRun, step: int) -> View:
-    """Views in a fresh random order each epoch; the order is a function of (seed, epoch), so a resumed
-    run visits the same views as an uninterrupted one."""
-    views = run.scene.train_views
-    epoch, position = divmod(step, len(views))
-    generator = torch.Generator().manual_seed(run.config.seed * 1_000_003 + epoch)
-    return views[int(torch.randperm(len(views), generator=generator)[position])]
+    """The step's training view (a fresh random order each epoch), at the step's resolution."""
+    return run.levels[resolution_factor_at(run.config, step)][run.view_order.index_at(step)]
 
 
 def training_background(kind: str, device: torch.device, generator: torch.Generator) -> torch.Tensor:
@@ -400,26 +635,36 @@ def evaluation_background(kind: str, device: torch.device) -> torch.Tensor:
 
 def log_step(run: TrainRun, state: TrainingState, mean_loss: float, rate: float) -> None:
     config = run.config
+    width = run.levels[resolution_factor_at(config, state.step - 1)][0].width
     append_metrics(run, {
         "step": state.step,
         "loss": round(mean_loss, 6),
         "num_gaussians": len(state.params["means"]),
         "sh_degree": sh_degree_at(config, state.step),
         "lr_means": means_lr_at(config, run.scene.extent, state.step),
+        "image_width": width,
         "steps_per_second": round(rate, 3),
         "elapsed_seconds": round(state.elapsed_seconds, 2),
     })
 
 
-def log_evaluation(run: TrainRun, state: TrainingState) -> dict[str, Any]:
+def evaluate_during_training(run: TrainRun, state: TrainingState) -> dict[str, Any]:
+    """Held-out PSNR/SSIM on ``eval_views`` views, logged, and fed to the early stop."""
+    config = run.config
+    views = run.scene.test_views[: config.eval_views] if config.eval_views else run.scene.test_views
     result = evaluate_views(
-        state.params, run.scene.test_views, sh_degree=run.config.sh_degree,
-        background=evaluation_background(run.config.background, run.device), backend=run.backend,
+        state.params, views, sh_degree=config.sh_degree,
+        background=evaluation_background(config.background, run.device), backend=run.backend,
+        appearance=state.appearance,
     )
     append_metrics(run, {"step": state.step, "eval_psnr": round(result["psnr"], 4),
                          "eval_ssim": round(result["ssim"], 5)})
     run.progress.log(f"train: step {state.step}: held-out PSNR {result['psnr']:.2f} dB, "
                      f"SSIM {result['ssim']:.4f}")
+    if state.early_stop.record(result["psnr"], state.step, config):
+        run.progress.log(f"train: stopping early at step {state.step}: held-out PSNR has not risen by "
+                         f"{config.early_stop_min_gain} dB for {config.early_stop_patience} evaluations (best "
+                         f"{state.early_stop.best_psnr:.2f} dB at step {state.early_stop.best_step})")
     return result
 
 
@@ -451,6 +696,7 @@ def evaluate_and_export(ws: Workspace, run: TrainRun, state: TrainingState) -> d
         state.params, views, sh_degree=run.config.sh_degree,
         background=evaluation_background(run.config.background, run.device), backend=run.backend,
         renders_dir=run.train_dir / "renders", num_renders=run.config.num_renders,
+        appearance=state.appearance,
     )
     result = {"step": state.step, "held_out": held_out, **result}
     atomic_write_json(run.train_dir / "eval.json", result)
@@ -473,7 +719,8 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run: TrainRun, state: TrainingState) -> Path:
-    """Write everything needed to continue bit-for-bit (atomically), then keep the newest few."""
+    """Everything needed to continue bit-for-bit, copied to host memory now and written (atomically, then the
+    newest ``keep_checkpoints`` kept) by the background writer; ``run.checkpoints.wait()`` waits for the file."""
     path = checkpoint_path(run.checkpoint_dir, state.step)
     payload = {
         "version": CHECKPOINT_VERSION,
@@ -484,12 +731,22 @@ def save_checkpoint(run: TrainRun, state: TrainingState) -> Path:
         "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
         "strategy_state": state.strategy_state,
         "rng": state.rng.state_dict(),
+        "early_stop": dataclasses.asdict(state.early_stop),
+        "appearance": state.appearance.checkpoint_state(),
     }
-    with atomic_write_to(path) as file:
-        torch.save(payload, file)
-    for old in list_checkpoints(run.checkpoint_dir)[: -run.config.keep_checkpoints]:
-        old.unlink(missing_ok=True)
+    run.checkpoints.submit(path, host_copy(payload), run.config.keep_checkpoints)
     return path
+
+
+def host_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to host memory (training goes on changing the originals in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(host_copy(item) for item in value)
+    return value
 
 
 def resume_or_start(run: TrainRun) -> tuple[TrainingState, int]:
@@ -525,7 +782,7 @@ def load_checkpoint(path: Path, run: TrainRun) -> TrainingState:
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizers = make_optimizers(params, learning_rates(run.config, run.scene.extent))
+    optimizers = make_optimizers(params, learning_rates(run.config, run.scene.extent), run.optimizer_kind)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(payload["optimizers"][name])
     rng = RunRandomness(run.config.seed, run.device)
@@ -534,8 +791,10 @@ def load_checkpoint(path: Path, run: TrainRun) -> TrainingState:
     else:
         run.progress.log(f"train: the checkpoint was made on {payload['rng']['device_type']}; on {run.device.type} "
                          "the random streams start again from the seed")
+    appearance = new_appearance(run)
+    appearance.load_checkpoint_state(payload["appearance"], source=str(path))
     return TrainingState(params, optimizers, payload["strategy_state"], rng, payload["step"],
-                         payload["elapsed_seconds"])
+                         payload["elapsed_seconds"], EarlyStop(**payload["early_stop"]), appearance)
 
 
 # -- signals ---------------------------------------------------------------------------------------

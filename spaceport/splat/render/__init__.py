@@ -59,6 +59,7 @@ def render(
     eps2d: float = 0.3,
     absgrad: bool = False,
     backend: Backend = "auto",
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render N Gaussians into C pinhole cameras.
 
@@ -72,6 +73,8 @@ def render(
         near_plane, far_plane: camera-space z range kept. eps2d: low-pass added to the 2D covariance.
         absgrad: also accumulate ``info["means2d"].absgrad`` during backward.
         backend: "auto" (gsplat for CUDA tensors, torch otherwise), "gsplat" or "torch".
+        packed: gsplat's packed mode (``info`` then holds one row per visible (camera, Gaussian) pair and their
+            ``gaussian_ids``); gsplat only.
 
     Returns:
         colors (C, H, W, D), alphas (C, H, W, 1), info (see the module docstring).
@@ -80,7 +83,10 @@ def render(
     options = dict(sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane,
                    eps2d=eps2d, absgrad=absgrad)
     if resolve_backend(backend, means.device) == "gsplat":
-        return render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
+        return render_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, packed=packed,
+                             **options)
+    if packed:
+        raise ValueError("render: packed mode is gsplat's; the torch backend renders non-packed only")
     return render_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **options)
 
 

@@ -22,13 +22,15 @@ def render_gsplat(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     absgrad: bool = False,
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
-    """gsplat's rasterization, non-packed, classic, RGB, pinhole (gsplat compiles its kernels on first use)."""
+    """gsplat's rasterization, classic, RGB, pinhole, non-packed unless asked (gsplat compiles its kernels on first
+    use)."""
     from gsplat import rasterization  # imported here: CPU-only installs never need it
 
     return rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
-        packed=False, backgrounds=backgrounds, render_mode="RGB", absgrad=absgrad,
+        packed=packed, backgrounds=backgrounds, render_mode="RGB", absgrad=absgrad,
         rasterize_mode="classic", camera_model="pinhole",
     )
