@@ -296,15 +296,18 @@ def test_camera_labels_come_from_the_frames_manifest_or_else_from_colmap(tmp_pat
 
     # an imported model: COLMAP's cameras, those of one size within 5 % focal length counting as one
     reconstruction = pycolmap.Reconstruction()
-    for camera_id, focal in [(1, 100.0), (2, 102.0), (3, 200.0)]:
-        camera = pycolmap.Camera.create_from_model_id(camera_id, pycolmap.CameraModelId.PINHOLE, focal, 40, 30)
+    # camera 4: camera 1 turned portrait (ingest turns photos upright): the same phone
+    for camera_id, focal, width, height in [(1, 100.0, 40, 30), (2, 102.0, 40, 30), (3, 200.0, 40, 30),
+                                            (4, 101.0, 30, 40)]:
+        camera = pycolmap.Camera.create_from_model_id(camera_id, pycolmap.CameraModelId.PINHOLE, focal, width,
+                                                      height)
         reconstruction.add_camera_with_trivial_rig(camera)
         image = pycolmap.Image(name=f"{camera_id}.png", camera_id=camera_id, image_id=camera_id)
         reconstruction.add_image_with_trivial_frame(image, pycolmap.Rigid3d())
     model_dir.mkdir()
     reconstruction.write(str(model_dir))
     labels = workspace_camera_labels(tmp_path / "no_manifest", model_dir)
-    assert labels["1.png"] == labels["2.png"] != labels["3.png"]
+    assert labels["1.png"] == labels["2.png"] == labels["4.png"] != labels["3.png"]
 
 
 def test_decide_for_views_reads_the_scene(tmp_path):

@@ -289,12 +289,14 @@ def colmap_camera_labels(model_dir: Path) -> dict[str, str]:
     """Image name -> camera label from a COLMAP model, for models without a frames manifest (imported).
 
     Cameras of one size whose focal lengths lie within ``SAME_FOCAL_RATIO`` of the next count as one, since
-    COLMAP gives each image its own camera by default and bundle adjustment refines their focals apart.
+    COLMAP gives each image its own camera by default and bundle adjustment refines their focals apart. A size and
+    its transpose are one size: ingest turns portrait photos upright, so one phone gives W x H and H x W cameras.
     """
     reconstruction = pycolmap.Reconstruction(str(model_dir))
     by_size: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for camera_id, camera in reconstruction.cameras.items():
-        by_size.setdefault((camera.width, camera.height), []).append((float(camera.mean_focal_length()), camera_id))
+        size = (max(camera.width, camera.height), min(camera.width, camera.height))
+        by_size.setdefault(size, []).append((float(camera.mean_focal_length()), camera_id))
     group_of: dict[int, str] = {}
     for (width, height), cameras in by_size.items():
         group, previous = 0, None
