@@ -74,7 +74,8 @@ def run(
                                            "or .ply (--steps compress)"),
     output: Path = typer.Option(..., "-o", "--output", help="workspace folder (created; re-run to resume)"),
     steps: str = typer.Option("full", help="full | sfm | train | compress"),
-    preset: str = typer.Option("standard", help="preview (CPU-sized) | standard (GPU, full quality)"),
+    preset: str = typer.Option(
+        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, more time for the last dB)"),
     force: list[str] = typer.Option([], "--force", help="redo this stage (and the later ones); repeatable"),
     set_: list[str] = typer.Option([], "--set", help="any setting as STAGE.FIELD=VALUE (see spaceport config); "
                                                      "repeatable"),
@@ -120,7 +121,7 @@ def run(
 
 @app.command("config")
 def show_config(
-    preset: str = typer.Option("standard", help="preview | standard"),
+    preset: str = typer.Option("standard", help="preview | standard | quality"),
     set_: list[str] = typer.Option([], "--set", help="a setting as STAGE.FIELD=VALUE; repeatable"),
 ) -> None:
     """Print the resolved pipeline config (a preset with --set applied) as JSON."""
@@ -156,11 +157,16 @@ def _summary_lines(ws, results: list) -> list[str]:
         sfm = read_sfm_report(ws.sfm_dir)
         lines.append(f"registered {sfm.registered}/{sfm.total} photos, mean reprojection error "
                      f"{sfm.mean_reprojection_error_px:.2f} px")
+        if sfm.warnings:
+            more = f" (+{len(sfm.warnings) - 1} more in sfm/report.json)" if len(sfm.warnings) > 1 else ""
+            lines.append(f"[yellow]sfm warning: {escape(sfm.warnings[0])}{more}[/yellow]")
     if ws.is_done("train"):
         evaluation = read_evaluation(ws.train_dir)
         which = "held-out" if evaluation.held_out else "training (no held-out views)"
+        nerf_w = evaluation.protocol != "full-image"
+        protocol = " (right halves, appearance fitted on the left: NeRF-W)" if nerf_w else ""
         lines.append(f"{which} PSNR {evaluation.psnr:.2f} dB, SSIM {evaluation.ssim:.3f} on {evaluation.num_views} "
-                     "views")
+                     f"views{protocol}")
     sizes = [f"{name} {path.stat().st_size / 1e6:.1f} MB" for name, path in (("PLY", ws.splat_ply),
                                                                                ("SOG", ws.sog_path)) if path.exists()]
     if sizes:
@@ -599,7 +605,8 @@ def jobs_submit(
                                           "the server reads"),
     steps: str | None = typer.Option(None, help="full | sfm | train | compress; default: compress for a .ply, train "
                                                 "for a folder with images/ + sparse/, full otherwise"),
-    preset: str = typer.Option("standard", help="preview (CPU-sized) | standard (GPU, full quality)"),
+    preset: str = typer.Option(
+        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, more time for the last dB)"),
     set_: list[str] = typer.Option([], "--set", help="any setting as STAGE.FIELD=VALUE (see spaceport config); "
                                                      "repeatable"),
     email: str | None = typer.Option(None, "--email", help="e-mail this address when the job ends"),
