@@ -26,6 +26,7 @@ SHORTCUTS = {
     "matcher": "sfm.matcher",
     "mapper": "sfm.mapper",
     "camera_mode": "sfm.camera_mode",
+    "up": "sfm.up",
     "vocab_tree": "sfm.vocab_tree_path",
     "min_registered": "sfm.min_registered_fraction",
     "strategy": "train.strategy",
@@ -83,6 +84,7 @@ def run(
     matcher: str | None = typer.Option(None, help="auto | exhaustive | sequential | spatial | vocabtree"),
     mapper: str | None = typer.Option(None, help="incremental | global"),
     camera_mode: str | None = typer.Option(None, help="auto | exif | single | per-image"),
+    up: str | None = typer.Option(None, help="the scene's up: auto (from the cameras) | none | +x,-y,+z... | x,y,z"),
     vocab_tree: str | None = typer.Option(None, help="vocabulary tree file for retrieval matching"),
     min_registered: float | None = typer.Option(None, help="fail if SfM registers a smaller fraction"),
     strategy: str | None = typer.Option(None, help="default | mcmc"),
@@ -96,7 +98,7 @@ def run(
     if steps not in STEP_STAGES:
         _fail(f"--steps {steps}: choose one of {', '.join(STEP_STAGES)}")
     settings = _settings(set_, {"max_size": max_size, "matcher": matcher, "mapper": mapper,
-                                "camera_mode": camera_mode, "vocab_tree": vocab_tree,
+                                "camera_mode": camera_mode, "up": up, "vocab_tree": vocab_tree,
                                 "min_registered": min_registered, "strategy": strategy,
                                 "train_steps": train_steps, "backend": backend, "sh_bands": sh_bands})
     config = _resolve(preset, settings)  # every setting is checked before anything is written
@@ -264,8 +266,9 @@ def keys_create(
 # -- spaceport serve / worker --------------------------------------------------------------------------------
 
 
-def _log_service_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _log_service_to_stderr(slot: str | None = None) -> None:
+    where = f" [{slot}]" if slot else ""  # the slot processes of a gpu worker share its output
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # every process checks the schema at start
 
 
@@ -278,7 +281,10 @@ def serve(
     import_root: list[Path] = typer.Option([], "--import-root", help="folder jobs may read with file:// "
                                                                      "input URLs; repeatable"),
     cpu_slots: int | None = typer.Option(None, "--cpu-slots", min=0, help="CPU stages run at once by the embedded "
-                                                                          "worker (default 1; one GPU slot)"),
+                                                                          "worker (default 1)"),
+    gpus: str | None = typer.Option(None, "--gpus", help="GPUs of the embedded worker: all | none | 0,1, one "
+                                                         "training at a time on each (default SPACEPORT_GPUS, else "
+                                                         "all; no GPU: one slot training on the CPU)"),
 ) -> None:
     """Start the job service: the HTTP API and, without SPACEPORT_BROKER_URL, a worker pool in this process.
 
@@ -295,6 +301,8 @@ def serve(
         overrides["import_roots"] = [root.resolve() for root in import_root]
     if cpu_slots is not None:
         overrides["cpu_slots"] = cpu_slots
+    if gpus is not None:
+        overrides["gpus"] = gpus
     _log_service_to_stderr()
 
     def announce(url: str) -> None:
@@ -316,22 +324,53 @@ def serve(
 @app.command()
 def worker(
     queues: str = typer.Option(..., "--queues", help="cpu | gpu | cpu,gpu: the stages this worker runs"),
-    concurrency: int = typer.Option(1, "--concurrency", min=1, help="stages run at once"),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="stages run at once (with the gpu queue: per "
+                                                                    "GPU slot)"),
+    gpus: str | None = typer.Option(None, "--gpus", help="with the gpu queue: all | none | 0,1: one worker process "
+                                                         "per GPU, pinned to it (default SPACEPORT_GPUS, else all; "
+                                                         "no GPU: one process training on the CPU)"),
+    slot: str | None = typer.Option(None, "--slot", hidden=True, help="internal: this process is the slot of a gpu "
+                                                                      "worker (spaceport.jobs.slot_workers)"),
 ) -> None:
     """A Celery worker (needs SPACEPORT_BROKER_URL, and a database and storage the API shares: see the README)."""
-    from spaceport.jobs.celery_app import run_worker
     from spaceport.settings import Settings
 
     settings = Settings()
     if not settings.broker_url:
         _fail("spaceport worker needs SPACEPORT_BROKER_URL=redis://HOST:6379/0 (and the API's "
               "SPACEPORT_DATABASE_URL and SPACEPORT_STORAGE_URL)")
-    _log_service_to_stderr()
+    queue_list = [queue.strip() for queue in queues.split(",") if queue.strip()]
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    if "gpu" in queue_list and slot is None:
+        _run_gpu_worker(queue_list, concurrency, gpus if gpus is not None else settings.gpus)
+        return
+    if gpus is not None:
+        _fail(f"--gpus {gpus}: only a worker of the gpu queue uses GPUs (--queues gpu or cpu,gpu)")
+    _log_service_to_stderr(slot)
+    from spaceport.jobs.celery_app import run_worker
+
     try:
-        run_worker(settings.model_copy(update={"data_dir": settings.data_dir.resolve()}),
-                   [queue.strip() for queue in queues.split(",") if queue.strip()], concurrency)
+        run_worker(settings, queue_list, concurrency, slot=slot)
     except SpaceportError as exc:
         _fail(str(exc))
+
+
+def _run_gpu_worker(queues: list[str], concurrency: int, gpus: str) -> None:
+    """The parent of the gpu worker's slot processes (spaceport.jobs.slot_workers); exits with its status."""
+    from spaceport.gpus import gpu_slots
+    from spaceport.jobs.slot_workers import run_slot_workers
+
+    unknown = [queue for queue in queues if queue not in ("cpu", "gpu")]
+    if unknown:
+        _fail(f"--queues {','.join(queues)}: name cpu, gpu or both (cpu,gpu)")
+    try:
+        slots = gpu_slots(gpus)
+    except SpaceportError as exc:
+        _fail(str(exc))
+    _log_service_to_stderr()
+    status = run_slot_workers(slots, queues, concurrency)
+    if status:
+        raise typer.Exit(status)
 
 
 # -- spaceport view / export ---------------------------------------------------------------------------------

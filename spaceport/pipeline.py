@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from spaceport.compress.stage import find_input_ply, run_compress
+from spaceport.devices import describe_device
 from spaceport.formats.job import STEP_STAGES, Steps
 from spaceport.ingest.inputs import inspect_input
 from spaceport.ingest.stage import run_ingest
@@ -198,6 +199,7 @@ def run_stage(ws: Workspace, name: str, config: PipelineConfig, make_progress: P
         raise
     result.seconds = round(time.perf_counter() - start, 2)
     result.metrics.update(memory.metrics())
+    result.metrics.setdefault("device", describe_device(stage_config))  # "cuda:0 (NVIDIA H200, physical GPU 1)"
     ws.mark_done(result)
     logger.info("done %s in %.1f s: %s", name, result.seconds, result.metrics)
     return result

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
 
     # -- workers -------------------------------------------------------------------------------------
     cpu_slots: int = Field(1, ge=0, description="embedded worker: stages of resource 'cpu' run at once")
-    gpu_slots: int = Field(1, ge=0, description="embedded worker: stages of resource 'gpu' run at once")
+    gpus: str = Field("all", description="the GPUs workers use, one slot each: all | none | indices 0,1 (as this "
+                      "process sees them: spaceport.gpus); none found: the gpu stages run on the CPU")
+    gpu_slots: int = Field(1, ge=0, description="embedded worker without a GPU: stages of resource 'gpu' run at once "
+                           "on the CPU (with GPUs: one slot per GPU)")
     heartbeat_s: float = Field(5.0, gt=0, description="how often a worker running a stage renews its claim")
     stale_after_s: float = Field(60.0, gt=0, description="a claim not renewed for this long goes back to the queue "
                                  "(its worker is taken for dead)")

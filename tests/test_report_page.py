@@ -113,6 +113,11 @@ def test_the_page_shows_every_section_with_the_workspace_figures(report_ws: Work
     for size in (compress["ply_bytes"], compress["sog_bytes"]):
         assert report_html.format_bytes(size).replace("\xa0", " ") in sizes_text
     assert f"{compress['size_ratio']:.1f}× smaller" in sizes_text
+    result = report_ws.stage_result("compress")
+    pruned, trained = result.metrics["num_pruned"], result.metrics["num_gaussians_in"]
+    assert compress["num_pruned"] == pruned and trained - pruned == compress["num_gaussians"]
+    assert f"{pruned:,} of {trained:,} Gaussians" in sizes_text
+    assert f"{result.metrics['num_sh_bands_0']:,} keep 0 bands" in sizes_text
 
     stages_text = text_of(found["stages"])
     for stage, timing in report.stages.items():

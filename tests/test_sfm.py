@@ -15,6 +15,7 @@ from spaceport.formats import FramesManifest
 from spaceport.ingest import IngestConfig, run_ingest
 from spaceport.progress import NullProgress
 from spaceport.sfm import SfmConfig, camera_groups, choose_matcher, run_sfm
+from spaceport.sfm.features import mapping_groups, resolve_camera_mode
 from spaceport.workspace import SpaceportError, Workspace
 from tests.conftest import LIBERTY, downscale_copy, monstree_photos
 
@@ -25,6 +26,12 @@ def test_real_photos_register_with_subpixel_error(sfm_workspace: Path) -> None:
     assert report["mean_reprojection_error_px"] < 1.0
     assert report["points3d"] > 500
     assert set(report["seconds"]) == {"extract", "match", "map", "undistort"}
+    assert report["camera_mode"] == "exif" and report["cameras"] == 1 and report["feature_device"] == "cpu"
+    assert report["warnings"] == [] and report["left_out"] == []
+    assert [a["kept"] for a in report["attempts"]] == [True]  # 10/10 at once: no second attempt
+    assert {p["name"] for p in report["photos"]} == {f"{p.stem}.jpg" for p in monstree_photos()[:10]}
+    assert all(p["points"] >= 100 and p["error_px"] < 1.0 for p in report["photos"])
+    assert 0.5 < report["focal"]["median_fraction"] < 2.0
     undistorted = pycolmap.Reconstruction(str(sfm_workspace / "sfm" / "undistorted" / "sparse"))
     assert {c.model.name for c in undistorted.cameras.values()} == {"PINHOLE"}
     assert len(list((sfm_workspace / "sfm" / "undistorted" / "images").glob("*.jpg"))) == 10
@@ -53,7 +60,9 @@ def test_photos_that_do_not_overlap_fail_and_are_listed(tmp_path: Path) -> None:
     with pytest.raises(SpaceportError) as error:
         run_sfm(ws, SfmConfig(max_image_size=480), NullProgress())
     message = str(error.value)
-    assert "do not overlap" in message and "noise.jpg" in message and "IMG_1025.jpg" in message
+    assert "registered 0 of 3 photos" in message and "do not overlap" in message
+    assert "noise.jpg" in message and "IMG_1025.jpg" in message
+    assert "incremental mapper" in message and "global mapper" in message  # the other mapper was tried too
     assert not (ws.sfm_dir / "report.json").exists()
 
 
@@ -77,16 +86,21 @@ def _frames(specs: list[tuple[str, tuple]], kind: str = "photos") -> FramesManif
         for name, (make, model, focal, w, h) in specs]})
 
 
-def test_camera_groups_follow_exif_and_collapse_for_collections() -> None:
+def test_camera_groups_follow_exif_and_split_per_photo_for_collections() -> None:
     phone = ("Apple", "iPhone 7", 3.99, 1200, 1600)
     landscape = ("Apple", "iPhone 7", 3.99, 1600, 1200)
     frames = _frames([(f"{i}.jpg", phone if i % 4 else landscape) for i in range(20)])
     groups = camera_groups(frames, "auto")
     assert sorted(len(g) for g in groups) == [5, 15]
+    assert resolve_camera_mode(frames, "auto") == "exif"
     collection = _frames([(f"{i}.jpg", ("Make", f"model{i % 12}", 4.0 + i % 12, 800, 1200)) for i in range(40)])
     assert len(camera_groups(collection, "exif")) == 12
-    assert camera_groups(collection, "auto") == [[f.file for f in collection.frames]]
-    assert len(camera_groups(collection, "per-image")) == 40
+    assert camera_groups(collection, "single") == [[f.file for f in collection.frames]]
+    # a collection: a focal length per photo in the end, mapped first with one shared camera per image size
+    assert resolve_camera_mode(collection, "auto") == "per-image"
+    assert len(camera_groups(collection, "auto")) == len(camera_groups(collection, "per-image")) == 40
+    assert mapping_groups(collection, "per-image") == [[f.file for f in collection.frames]]
+    assert len(mapping_groups(frames, "per-image")) == 2  # a capture: mapped per EXIF group, then split
 
 
 def test_matcher_choice() -> None:

@@ -190,3 +190,28 @@ def test_parse_up_refuses_anything_else_clearly(text: str) -> None:
         parse_up(text)
     assert repr(text) in str(raised.value) and "+x, -x, +y, -y, +z, -z" in str(raised.value)
     assert isinstance(raised.value, SpaceportError) and isinstance(raised.value, ValueError)
+
+
+def test_the_sfm_stage_writes_an_upright_model_and_says_so(sfm_workspace: Path) -> None:
+    """The sfm stage turns its model (and so the undistorted one training reads) upright: -Y up, centred."""
+    from spaceport.formats import read_sfm_report
+
+    report = read_sfm_report(sfm_workspace / "sfm")
+    assert report.upright is not None and report.upright["setting"] == "auto"
+    assert report.upright["new_from_old"] is not None
+    for folder in ("sparse/0", "undistorted/sparse"):
+        model = pycolmap.Reconstruction(str(sfm_workspace / "sfm" / folder))
+        mean_up = camera_ups(model).mean(axis=0)
+        assert angle_deg(mean_up, np.array([0.0, -1.0, 0.0])) < 10, folder
+        centre = np.median(np.array([point.xyz for point in model.points3D.values()]), axis=0)
+        spread = np.median(np.linalg.norm([image.projection_center() for image in model.images.values()], axis=1))
+        assert np.linalg.norm(centre) < 0.05 * spread, folder
+
+
+def test_up_none_keeps_colmaps_frame_and_bad_values_fail_before_running() -> None:
+    from spaceport.presets import SettingsError, resolve_config
+
+    assert resolve_config("preview", {"sfm.up": "none"}).sfm.up == "none"
+    assert resolve_config("preview", {"sfm.up": "0,0,1"}).sfm.up == "0,0,1"
+    with pytest.raises(SettingsError, match="sfm.up"):
+        resolve_config("preview", {"sfm.up": "sideways"})

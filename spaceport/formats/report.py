@@ -17,6 +17,7 @@ class StageTiming(BaseModel):
     seconds: float | None = None
     peak_rss_gib: float | None = None
     peak_gpu_gib: float | None = None
+    device: str | None = None  # "cpu", "cuda:0 (NVIDIA H200, physical GPU 1)"
 
 
 class ScorePart(BaseModel):

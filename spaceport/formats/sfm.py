@@ -1,14 +1,68 @@
-"""``sfm/report.json``: what structure from motion registered, how well, and how long it took."""
+"""``sfm/report.json``: what structure from motion registered, how well, how it got there and how long it took.
+
+Every field added after the first version has a default, so reports written before still read.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from spaceport.formats.base import read_model, write_model
 
 REPORT_NAME = "report.json"
+
+# why a photo is not in the model: COLMAP found no pose for it, it is in a smaller separate model, or the camera
+# check after mapping removed it (implausible focal length, camera far outside the scene, too few 3D points seen)
+LeftOutTest = Literal["not_registered", "separate_model", "focal", "far", "few_points"]
+
+
+class LeftOutPhoto(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    test: LeftOutTest
+    reason: str  # one sentence for people, with the measured value and the limit
+
+
+class FocalSpread(BaseModel):
+    """Focal lengths of the registered photos, in pixels and as a fraction of each photo's long side."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_px: float
+    median_px: float
+    max_px: float
+    min_fraction: float
+    median_fraction: float
+    max_fraction: float
+
+
+class PhotoQuality(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    camera_id: int
+    focal_px: float
+    points: int  # 3D points this photo sees (its observations)
+    error_px: float  # mean reprojection error of those observations
+
+
+class MappingAttempt(BaseModel):
+    """One mapping run; the report keeps them all and says which one's model was kept and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mapper: str
+    camera_mode: str  # how photos shared intrinsics while mapping: exif, single, per-image (split after mapping)
+    registered: int  # after the camera check
+    removed: int  # photos the camera check took out
+    mean_reprojection_error_px: float | None = None
+    seconds: float
+    kept: bool = False
+    note: str = ""  # why it ran, or why it failed
 
 
 class SfmReport(BaseModel):
@@ -27,6 +81,17 @@ class SfmReport(BaseModel):
     matcher: str
     mapper: str
     seconds: dict[str, float] = Field(default_factory=dict)
+    # since issue 12: why each photo is missing, the intrinsics, per-photo quality, warnings, the mapping attempts
+    left_out: list[LeftOutPhoto] = Field(default_factory=list)
+    camera_mode: str = ""  # the intrinsics of the final model: exif, single, per-image
+    focal: FocalSpread | None = None
+    photos: list[PhotoQuality] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    attempts: list[MappingAttempt] = Field(default_factory=list)
+    feature_device: str = "cpu"  # where SIFT extraction and matching ran: cpu or cuda
+    masks: int = 0  # photos whose features were restricted by a mask
+    # how the model was turned upright (spaceport.sfm.upright.UprightRecord as JSON); None: before issue 12
+    upright: dict[str, Any] | None = None
 
 
 def read_sfm_report(sfm_dir: Path) -> SfmReport:

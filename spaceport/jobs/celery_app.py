@@ -1,7 +1,8 @@
 """Celery on Redis (``SPACEPORT_BROKER_URL=redis://...``): one task per stage, routed by the stage's resource.
 
 ``spaceport.run_stage(job_id, stage)`` goes to the queue named by ``STAGES[stage].resource`` (``cpu`` | ``gpu``);
-``spaceport worker --queues gpu`` consumes it. The task claims the job in the store, runs the stage in a child
+``spaceport worker --queues gpu`` consumes it (one Celery worker process per GPU, ``spaceport.jobs.slot_workers``).
+The task claims the job in the store, runs the stage in a child
 process (``spaceport.jobs.supervise``, the same code as the embedded pool), then sends the task of the job's next
 stage, or ends the job. Messages are acknowledged late and re-queued when a worker is lost; the visibility timeout
 is longer than any stage, so Redis itself redelivers an unacknowledged message only a day later.
@@ -199,9 +200,11 @@ class Reaper:
 # -- `spaceport worker` -----------------------------------------------------------------------------------------
 
 
-def run_worker(settings: Settings, queues: list[str], concurrency: int = 1, loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, queues: list[str], concurrency: int = 1, loglevel: str = "INFO",
+               slot: str | None = None) -> None:
     """A Celery worker consuming ``queues`` (cpu, gpu) with ``concurrency`` stages at once; blocks until stopped
-    (SIGTERM or Ctrl-C: running stages get SIGTERM, train checkpoints, and their stage is sent again)."""
+    (SIGTERM or Ctrl-C: running stages get SIGTERM, train checkpoints, and their stage is sent again). ``slot``
+    (gpu0, ...) names the GPU slot this process is, in its Celery hostname; its GPU is in its environment."""
     global _worker
     from celery.signals import worker_shutting_down
 
@@ -219,6 +222,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int = 1, logl
     store = open_store(settings.resolved_database_url)
     kind = "worker-" + "-".join(queues)
     ctx = WorkerContext(settings, store, make_worker_id(kind))
+    hostname = "-".join([kind, *([slot] if slot else []), ctx.worker_id.rsplit(":", 2)[1]]) + "@%h"  # the pid
     dispatcher = CeleryDispatcher(app, settings)
     _worker = CeleryWorker(ctx, dispatcher)
     reaper = Reaper(WorkerContext(settings, store, ctx.worker_id), dispatcher)
@@ -230,8 +234,8 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int = 1, logl
     reaper.start()
     try:
         app.worker_main(["worker", "--queues", ",".join(queues), "--concurrency", str(concurrency), "--pool",
-                         "threads", "--hostname", f"{kind}-{ctx.worker_id.rsplit(':', 2)[1]}@%h", "--loglevel",
-                         loglevel, "--without-gossip", "--without-mingle"])
+                         "threads", "--prefetch-multiplier", "1", "--hostname", hostname, "--loglevel", loglevel,
+                         "--without-gossip", "--without-mingle"])
     finally:
         ctx.stop.set()
         reaper.close()

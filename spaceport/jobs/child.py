@@ -88,8 +88,12 @@ def _send_output_to(path: Path) -> None:
 
 
 def run_stage_process(job_id: str, stage: str, worker_id: str, result_path: str, settings: Settings,
-                      output_path: str) -> None:
-    """The child's body (a multiprocessing target): run the stage, write the outcome, exit with its code."""
+                      output_path: str, env: dict[str, str] | None = None) -> None:
+    """The child's body (a multiprocessing target): run the stage, write the outcome, exit with its code.
+
+    ``env`` (its slot's ``CUDA_VISIBLE_DEVICES``) is set first: CUDA reads it when it starts, which the forkserver
+    never does, so the stage sees only its slot's GPU."""
+    os.environ.update(env or {})
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (spaceport.jobs.forkserver_init)
     os.setsid()
     _send_output_to(Path(output_path))

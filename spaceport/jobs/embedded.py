@@ -1,9 +1,11 @@
 """The embedded worker pool of ``spaceport serve``: the queue in the database, stages in child processes.
 
 A scheduler thread claims queued jobs from the store whenever a slot of the resource class their next stage needs
-is free (``Settings.gpu_slots``, ``Settings.cpu_slots``); one thread per claimed job runs its stages, each in a
-child process (``spaceport.jobs.supervise``), for as long as it has a slot for the next one, and otherwise gives
-the job back to the queue for a slot of the other class.
+is free; one thread per claimed job runs its stages, each in a child process (``spaceport.jobs.supervise``), for
+as long as it has a slot for the next one, and otherwise gives the job back to the queue for a slot of the other
+class. Slots: ``Settings.cpu_slots`` for cpu stages; for gpu stages one per GPU of ``Settings.gpus``
+(``SPACEPORT_GPUS``, ``spaceport.gpus``), whose stage processes get that GPU alone (``CUDA_VISIBLE_DEVICES``),
+or ``Settings.gpu_slots`` slots on the CPU when no GPU is used.
 
 Restart recovery: at start, and every few seconds after, jobs held by a worker of this machine that no longer
 runs (the previous ``serve`` process, killed) or by any worker that stopped heartbeating go back to the queue;
@@ -19,6 +21,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from spaceport.gpus import Slot, gpu_slots
 from spaceport.jobs.child import warm_up
 from spaceport.jobs.models import Job
 from spaceport.jobs.runner import finalize_job, next_stage, requeue_job, stage_resource
@@ -39,8 +42,9 @@ class EmbeddedPool:
 
     def __init__(self, settings: Settings, store: Store, *, poll_s: float = 1.0) -> None:
         self.ctx = WorkerContext(settings, store, make_worker_id("serve"))
-        self.capacity = {"cpu": settings.cpu_slots, "gpu": settings.gpu_slots}
-        self.busy = dict.fromkeys(RESOURCES, 0)
+        self.slots = {"cpu": [Slot(f"cpu{index}", "cpu") for index in range(settings.cpu_slots)],
+                      "gpu": gpu_slots(settings.gpus, cpu_slots_without_gpu=settings.gpu_slots)}
+        self._free = {resource: list(slots) for resource, slots in self.slots.items()}
         self.poll_s = poll_s
         self.reap_every_s = min(REAP_EVERY_S, settings.stale_after_s / 2)
         self._slots = threading.Lock()
@@ -58,8 +62,9 @@ class EmbeddedPool:
         threading.Thread(target=warm_up, name="spaceport-forkserver-start", daemon=True).start()
         self._reap()
         self._scheduler.start()
-        slots = ", ".join(f"{count} {resource} slot(s)" for resource, count in self.capacity.items())
-        log.info("embedded worker %s: %s", self.worker_id, slots)
+        slots = "; ".join(f"{resource}: {', '.join(slot.describe() for slot in slots) or 'none'}"
+                          for resource, slots in self.slots.items())
+        log.info("embedded worker %s, slots %s", self.worker_id, slots)
 
     def job_created(self, job: Job) -> None:
         self._wake.set()
@@ -103,33 +108,31 @@ class EmbeddedPool:
 
     def _claim_for_free_slots(self) -> None:
         for resource in RESOURCES:
-            while not self.ctx.stop.is_set() and self._take_slot(resource):
+            while not self.ctx.stop.is_set() and (slot := self._take_slot(resource)) is not None:
                 job = self.ctx.store.claim_next_job(self.worker_id, [resource])
                 if job is None:
-                    self._give_slot(resource)
+                    self._give_slot(slot)
                     break
                 if job.id in self._job_threads:  # requeued as stale while one of our threads runs it: it still does
-                    self._give_slot(resource)
+                    self._give_slot(slot)
                     continue
-                thread = threading.Thread(target=self._run_job, args=(job.id, resource), daemon=True,
+                thread = threading.Thread(target=self._run_job, args=(job.id, slot), daemon=True,
                                           name=f"spaceport-job-{job.id}")
                 self._job_threads[job.id] = thread
                 thread.start()
 
-    def _take_slot(self, resource: str) -> bool:
+    def _take_slot(self, resource: str) -> Slot | None:
         with self._slots:
-            if self.busy[resource] >= self.capacity[resource]:
-                return False
-            self.busy[resource] += 1
-            return True
+            return self._free[resource].pop(0) if self._free[resource] else None
 
-    def _give_slot(self, resource: str) -> None:
+    def _give_slot(self, slot: Slot) -> None:
         with self._slots:
-            self.busy[resource] -= 1
+            self._free[slot.resource].append(slot)
+            self._free[slot.resource].sort(key=self.slots[slot.resource].index)  # the lowest free GPU first
 
     # -- one job ----------------------------------------------------------------------------------------------
 
-    def _run_job(self, job_id: str, slot: str) -> None:
+    def _run_job(self, job_id: str, slot: Slot) -> None:
         try:
             slot = self._run_stages(job_id, slot)
             if self.ctx.stop.is_set():  # stopped between stages: queued again now, not at the next start
@@ -145,7 +148,7 @@ class EmbeddedPool:
             self._job_threads.pop(job_id, None)
             self._wake.set()
 
-    def _run_stages(self, job_id: str, slot: str) -> str:
+    def _run_stages(self, job_id: str, slot: Slot) -> Slot:
         """Run the job's stages while this thread holds a slot for them; returns the slot it holds at the end."""
         store = self.ctx.store
         while not self.ctx.stop.is_set():
@@ -157,13 +160,14 @@ class EmbeddedPool:
                 finalize_job(store, self.ctx.settings, job_id, "succeeded", worker_id=self.worker_id)
                 return slot
             needed = stage_resource(stage)
-            if needed != slot:
-                if not self._take_slot(needed):
+            if needed != slot.resource:
+                other = self._take_slot(needed)
+                if other is None:
                     store.release_job(job_id, self.worker_id, resource=needed)
                     return slot
                 self._give_slot(slot)
-                slot = needed
-            outcome, reason = supervise_stage(self.ctx, job, stage)
+                slot = other
+            outcome, reason = supervise_stage(self.ctx, job, stage, env=slot.env)
             step = conclude(self.ctx, job, stage, outcome, reason)
             if step.action == "busy":
                 store.add_event(job_id, "log", stage=stage, message=f"{outcome.error}; trying again in "

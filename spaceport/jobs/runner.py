@@ -13,6 +13,7 @@ with its notifications (:func:`finalize_job`), giving a job back to the queue (:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -200,6 +201,7 @@ def run_job_stage(settings: Settings, store: Store, job_id: str, stage: str, wor
 
 def _run_locked(settings: Settings, store: Store, job: Job, stage: str, worker_id: str, place: JobPlace,
                 ws: Workspace) -> StageOutcome:
+    from spaceport.devices import describe_device
     from spaceport.jobs.events import JobCancelled, StageReporter
     from spaceport.pipeline import STAGES, run_stage
     from spaceport.presets import PipelineConfig
@@ -209,6 +211,8 @@ def _run_locked(settings: Settings, store: Store, job: Job, stage: str, worker_i
     config = PipelineConfig.model_validate(job.config)
     device = describe_device(STAGES[stage].config(config))
     run = store.start_stage_run(job.id, stage, worker_id=worker_id, device=device, resource=STAGES[stage].resource)
+    logger.info("%s of job %s runs on %s, worker %s, CUDA_VISIBLE_DEVICES=%s", stage, job.id, device, worker_id,
+                os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     reporter = StageReporter(store, job.id, job.steps, stage, worker_id)
     started = time.perf_counter()
     try:
@@ -266,25 +270,6 @@ def _gib_to_bytes(metrics: dict[str, Any], *names: str) -> int | None:
         if isinstance(value, (int, float)):
             return int(value * 2**30)
     return None
-
-
-def describe_device(stage_config: Any) -> str:
-    """Where a stage runs: its config's ``device`` resolved ("cuda:0 (NVIDIA H200)", "cpu"); "cpu" without one."""
-    requested = getattr(stage_config, "device", None)
-    if requested is None:
-        return "cpu"
-    from spaceport.devices import resolve_device
-
-    try:
-        device = resolve_device(requested)
-    except SpaceportError:
-        return str(requested)  # the stage itself fails with the message
-    if device.type == "cuda":
-        import torch
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return str(device)
 
 
 def prepare_workspace(settings: Settings, job: Job, ws: Workspace, place: JobPlace) -> None:

@@ -87,16 +87,18 @@ def holder_is_gone(holder: str, my_worker_id: str) -> bool:
 # -- running a stage in a child process -------------------------------------------------------------------------
 
 
-def supervise_stage(ctx: WorkerContext, job: Job, stage: str) -> tuple[StageOutcome, StopReason | None]:
+def supervise_stage(ctx: WorkerContext, job: Job, stage: str,
+                    env: dict[str, str] | None = None) -> tuple[StageOutcome, StopReason | None]:
     """Run ``stage`` of ``job`` in a child process until it ends; returns its outcome and why the worker stopped
-    it (None when it ended by itself). Its stdout and stderr go to the workspace's ``logs/<stage>.out``."""
+    it (None when it ended by itself). Its stdout and stderr go to the workspace's ``logs/<stage>.out``; ``env``
+    goes into its environment (the slot's GPU)."""
     logs = job_place(ctx.settings, job).local_root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spaceport-stage-") as scratch, ClaimKeeper(ctx, job.id) as claim:
         result_file = Path(scratch) / "outcome.json"
         child = stage_process_context().Process(
             target=run_stage_process, name=f"spaceport {stage} of {job.id}",
-            args=(job.id, stage, ctx.worker_id, str(result_file), ctx.settings, str(logs / f"{stage}.out")))
+            args=(job.id, stage, ctx.worker_id, str(result_file), ctx.settings, str(logs / f"{stage}.out"), env))
         child.start()  # waits while a new forkserver imports the stages: the claim is kept alive meanwhile
         reason = _watch(ctx, job.id, child, claim)
         exitcode = child.exitcode

@@ -86,7 +86,7 @@ def _check_train(ws: Workspace) -> dict[str, Any]:
     except SpaceportError as exc:
         return {**out, "ok": False, "error": str(exc)}
     return {**out, "psnr": evaluation.psnr, "ssim": evaluation.ssim, "eval_views": evaluation.num_views,
-            "held_out": evaluation.held_out}
+            "held_out": evaluation.held_out, "protocol": evaluation.protocol}
 
 
 def _check_compress(ws: Workspace) -> dict[str, Any]:
@@ -102,7 +102,16 @@ def _check_compress(ws: Workspace) -> dict[str, Any]:
     if source is not None:
         out["ply_bytes"] = source.stat().st_size
         out["size_ratio"] = round(out["ply_bytes"] / out["sog_bytes"], 2)
-    return out
+    return {**out, **_reduction(ws)}
+
+
+def _reduction(ws: Workspace) -> dict[str, Any]:
+    """What the compress stage removed before encoding (pruned Gaussians, dropped SH bands), from its result."""
+    result = ws.stage_result("compress")
+    if result is None:
+        return {}
+    keys = ("num_gaussians_in", "num_pruned", *(f"num_sh_bands_{bands}" for bands in range(4)))
+    return {key: result.metrics[key] for key in keys if key in result.metrics}
 
 
 CHECKS = {"ingest": _check_images, "sfm": _check_sfm, "train": _check_train, "compress": _check_compress}
@@ -138,7 +147,7 @@ def build_report(ws: Workspace) -> Report:
     for stage in stages:
         result = ws.stage_result(stage)
         timings[stage] = ({"status": "done", "seconds": result.seconds, **{k: v for k, v in result.metrics.items()
-                                                                            if k.startswith("peak_")}}
+                                                                            if k.startswith("peak_") or k == "device"}}
                           if result else {"status": "not run"})
     total = round(sum(t.get("seconds", 0) for t in timings.values()), 2)
     return Report(workspace=str(ws.root), steps=read_job(ws.root).steps, stages=timings, total_seconds=total,

@@ -20,6 +20,7 @@ from PIL import Image
 
 from spaceport.formats import (
     Report,
+    SfmReport,
     read_evaluation,
     read_frames,
     read_job,
@@ -137,6 +138,9 @@ def _maybe(value: float | None, pattern: str) -> str:
     return "–" if value is None else pattern.format(value)
 
 
+NERF_W = "nerf-w-right-half"  # spaceport.splat.evaluate's protocol for photos whose colours differ
+
+
 def _key_figures(report: Report) -> list[dict[str, str]]:
     checks, figures = report.checks, []
     if "sfm" in checks and "registered" in checks["sfm"]:
@@ -145,7 +149,8 @@ def _key_figures(report: Report) -> list[dict[str, str]]:
     train = checks.get("train", {})
     if train.get("psnr") is not None:
         which = "Held-out" if train.get("held_out") else "Training-view"
-        figures.append({"label": f"{which} PSNR", "value": f"{train['psnr']:.2f} dB"})
+        halves = " (right halves)" if train.get("protocol") == NERF_W else ""
+        figures.append({"label": f"{which} PSNR{halves}", "value": f"{train['psnr']:.2f} dB"})
         figures.append({"label": f"{which} SSIM", "value": f"{train['ssim']:.3f}"})
     gaussians = checks.get("compress", {}).get("num_gaussians") or train.get("num_gaussians")
     if gaussians:
@@ -162,8 +167,8 @@ def _stage_rows(report: Report) -> list[dict[str, Any]]:
         check = report.checks.get(stage, {})
         rows.append({"stage": STAGE_TITLE.get(stage, stage), "status": timing.status,
                      "time": format_seconds(timing.seconds), "rss": format_gib(timing.peak_rss_gib),
-                     "gpu": format_gib(timing.peak_gpu_gib), "ok": bool(check.get("ok")),
-                     "error": check.get("error")})
+                     "gpu": format_gib(timing.peak_gpu_gib), "device": timing.device or "",
+                     "ok": bool(check.get("ok")), "error": check.get("error")})
     return rows
 
 
@@ -174,26 +179,43 @@ def _sfm_section(ws: Workspace, report: Report) -> dict[str, Any]:
         for dropped in read_frames(ws.images_dir).dropped:
             at = f" (frame {dropped.frame_index})" if dropped.frame_index is not None else ""
             not_used.append({"photo": dropped.source + at, "stage": "ingest", "reason": dropped.reason})
-    if len(sfm.model_sizes) > 1:
-        why = (f"SfM made {len(sfm.model_sizes)} separate models (photos in each: "
-               f"{', '.join(map(str, sfm.model_sizes))}); only the largest is kept and this photo is not in it")
-    else:
-        why = "COLMAP found no pose for it (too few verified matches with the registered photos)"
-    not_used += [{"photo": name, "stage": "sfm", "reason": why} for name in sfm.unregistered]
+    not_used += _sfm_left_out(sfm)
     facts = [
         ("Registered photos", f"{sfm.registered} / {sfm.total}"),
         ("Sparse points", f"{sfm.points3d:,}"),
         ("Mean reprojection error", f"{sfm.mean_reprojection_error_px:.3f} px"),
         ("Mean track length", f"{sfm.mean_track_length:.2f} photos per point"),
-        ("Cameras (intrinsics)", f"{sfm.cameras} in {sfm.camera_groups} group{'s' * (sfm.camera_groups != 1)}"),
+        ("Cameras (intrinsics)", f"{sfm.cameras}, a focal length per photo" if sfm.camera_mode == "per-image"
+         else f"{sfm.cameras} in {sfm.camera_groups} group{'s' * (sfm.camera_groups != 1)}"),
         ("Matcher / mapper", f"{sfm.matcher} / {sfm.mapper}"),
     ]
+    if sfm.focal:
+        f = sfm.focal
+        facts.append(("Focal length", f"{f.min_px:,.0f}–{f.max_px:,.0f} px, median {f.median_px:,.0f} "
+                                      f"({f.min_fraction:.2f}–{f.max_fraction:.2f} × the long side)"))
+    if len(sfm.attempts) > 1:
+        facts.append(("Mapping attempts", " · ".join(
+            f"{a.mapper}, {a.camera_mode} cameras: {a.registered}{' (kept)' if a.kept else ''}"
+            for a in sfm.attempts)))
     if sfm.source == "model":
         facts.insert(0, ("Source", "a COLMAP model you provided (imported, no SfM ran)"))
     if sfm.seconds:
         facts.append(("Time", " · ".join(f"{step}\u00a0{format_seconds(s)}" for step, s in sfm.seconds.items())))
     top_view = _guarded(lambda: {"picture": _top_view(ws, sfm.registered, sfm.points3d)}, "top view")
-    return {"facts": facts, "not_used": not_used, "top_view": top_view}
+    return {"facts": facts, "not_used": not_used, "top_view": top_view, "warnings": sfm.warnings}
+
+
+def _sfm_left_out(sfm: SfmReport) -> list[dict[str, str]]:
+    """Each photo SfM left out with its reason (reports before the camera check only list names)."""
+    if sfm.left_out:
+        return [{"photo": photo.name, "stage": "sfm camera check" if photo.test in ("focal", "far", "few_points")
+                 else "sfm", "reason": photo.reason} for photo in sfm.left_out]
+    if len(sfm.model_sizes) > 1:
+        why = (f"SfM made {len(sfm.model_sizes)} separate models (photos in each: "
+               f"{', '.join(map(str, sfm.model_sizes))}); only the largest is kept and this photo is not in it")
+    else:
+        why = "COLMAP found no pose for it (too few verified matches with the registered photos)"
+    return [{"photo": name, "stage": "sfm", "reason": why} for name in sfm.unregistered]
 
 
 def _held_out_names(ws: Workspace) -> set[str]:
@@ -229,6 +251,7 @@ def _views_section(ws: Workspace) -> dict[str, Any]:
             "psnr": score.psnr if score else None, "ssim": score.ssim if score else None,
         })
     return {"held_out": evaluation.held_out, "step": evaluation.step, "psnr": evaluation.psnr,
+            "nerf_w": evaluation.protocol == NERF_W,
             "ssim": evaluation.ssim, "views": views, "scores": evaluation.views,
             # portrait photos: two views a row, each pair still tall enough to compare; landscape: one a row
             "portrait": bool(views) and views[0]["photo"].height > views[0]["photo"].width}
@@ -273,7 +296,23 @@ def _sizes_section(report: Report) -> dict[str, Any] | None:
              "percent": 100 * ply / largest} if ply else None,
             {"label": "SOG (compressed)", "size": format_bytes(sog), "bytes": sog, "percent": 100 * sog / largest}]
     return {"bars": [bar for bar in bars if bar], "ratio": compress.get("size_ratio"),
-            "gaussians": compress.get("num_gaussians")}
+            "gaussians": compress.get("num_gaussians"), "reduction": _reduction_facts(compress)}
+
+
+def _reduction_facts(compress: dict[str, Any]) -> list[str]:
+    """One sentence per thing the compress stage removed before encoding."""
+    facts = []
+    trained, pruned = compress.get("num_gaussians_in"), compress.get("num_pruned")
+    if trained and pruned is not None:
+        facts.append(f"{pruned:,} of {trained:,} Gaussians ({100 * pruned / trained:.1f}%) were pruned: they add "
+                     "less than a pixel to every training view.")
+    bands = [(int(key.rsplit("_", 1)[1]), count) for key, count in compress.items()
+             if key.startswith("num_sh_bands_")]
+    if len(bands) > 1:
+        kept = ", ".join(f"{count:,} keep {band} band{'s' if band != 1 else ''}" for band, count in sorted(bands))
+        facts.append(f"View-dependent colour (SH bands) was dropped where it changes no colour by more than a few "
+                     f"8-bit steps: {kept}.")
+    return facts
 
 
 def _viewer_section(ws: Workspace) -> dict[str, Any] | None:
@@ -498,7 +537,9 @@ footer { color: var(--muted); font-size: .85rem; padding: 1.5rem 0 2.5rem; }
   <p class="lead">{% if v.held_out %}Photos training never saw, beside the splat rendered from their
     cameras{% else %}No photo was held out, so these are training photos (an optimistic
     measure){% endif %}, at step {{ v.step }}: mean PSNR {{ "%.2f" | format(v.psnr) }} dB,
-    SSIM {{ "%.3f" | format(v.ssim) }}.</p>
+    SSIM {{ "%.3f" | format(v.ssim) }}.{% if v.nerf_w %} The photos differ in colour (cameras, exposure), so
+    training learned a colour transform per photo; for each held-out photo the transform was fitted on its left
+    half and PSNR/SSIM measure its right half only (the NeRF-W protocol).{% endif %}</p>
   <div class="views{{ ' portrait' if v.portrait else '' }}">
     {% for view in v.views %}
     <article class="view" aria-label="{{ view.name }}">
@@ -555,6 +596,7 @@ footer { color: var(--muted); font-size: .85rem; padding: 1.5rem 0 2.5rem; }
   <h2 id="sfm-title">Structure from motion</h2>
   {% if sfm.problem %}<p class="note error">{{ sfm.problem }}</p>
   {% else %}
+  {% for warning in sfm.data.warnings %}<p class="note sfm-warning">Warning: {{ warning }}</p>{% endfor %}
   <div class="split">
     <div>
       <dl class="facts">
@@ -598,6 +640,7 @@ footer { color: var(--muted); font-size: .85rem; padding: 1.5rem 0 2.5rem; }
   <p>{% if s.ratio %}The SOG is <strong>{{ "%.1f" | format(s.ratio) }}× smaller</strong> than the PLY{% endif %}
     {% if s.gaussians %}{{ "; it" if s.ratio else "It" }} holds {{ "{:,}".format(s.gaussians) }} Gaussians{% endif %}.
   </p>
+  {% for fact in s.reduction %}<p>{{ fact }}</p>{% endfor %}
   {% endif %}
 </section>
 {% endif %}
@@ -609,16 +652,16 @@ footer { color: var(--muted); font-size: .85rem; padding: 1.5rem 0 2.5rem; }
     <thead><tr><th scope="col">Stage</th><th scope="col">Status</th><th scope="col" class="num">Time</th>
       <th scope="col" class="num"><abbr title="peak resident memory of the process">Peak RAM</abbr></th>
       <th scope="col" class="num"><abbr title="peak GPU memory allocated">Peak GPU</abbr></th>
-      <th scope="col">Output</th></tr></thead>
+      <th scope="col">Device</th><th scope="col">Output</th></tr></thead>
     <tbody>
     {% for row in stage_rows %}
     <tr><th scope="row">{{ row.stage }}</th><td>{{ row.status }}</td><td class="num">{{ row.time }}</td>
-      <td class="num">{{ row.rss }}</td><td class="num">{{ row.gpu }}</td>
+      <td class="num">{{ row.rss }}</td><td class="num">{{ row.gpu }}</td><td>{{ row.device }}</td>
       <td>{% if row.ok %}<span class="ok">valid</span>{% else %}<span class="bad">invalid</span>
         {% if row.error %}<span class="muted">{{ row.error }}</span>{% endif %}{% endif %}</td></tr>
     {% endfor %}
     </tbody>
-    <tfoot><tr><th scope="row">Total</th><td></td><td class="num">{{ total_time }}</td><td colspan="3"></td></tr>
+    <tfoot><tr><th scope="row">Total</th><td></td><td class="num">{{ total_time }}</td><td colspan="4"></td></tr>
     </tfoot>
   </table>
   </div>

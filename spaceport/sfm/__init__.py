@@ -8,7 +8,7 @@ from typing import Any
 
 from spaceport.sfm.config import SfmConfig
 
-_LAZY = {"camera_groups": "colmap", "choose_matcher": "colmap", "run_sfm": "colmap"}
+_LAZY = {"camera_groups": "features", "choose_matcher": "features", "run_sfm": "colmap"}
 __all__ = ["SfmConfig", *_LAZY]
 
 

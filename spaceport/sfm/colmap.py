@@ -1,13 +1,11 @@
-"""Structure from motion with real COLMAP through pycolmap: extract, match, map, undistort."""
+"""Structure from motion with real COLMAP through pycolmap: extract, match, map (with attempts, per-photo
+intrinsics and a camera check), undistort, report."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
-import threading
+import logging
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,12 +14,25 @@ from typing import Any
 import pycolmap
 
 from spaceport.formats import FramesManifest, SfmReport, read_frames, write_sfm_report
+from spaceport.formats.sfm import LeftOutPhoto, MappingAttempt
 from spaceport.progress import Progress
-from spaceport.sfm.config import CameraMode, SfmConfig
+from spaceport.sfm.config import SfmConfig
+from spaceport.sfm.features import (
+    assign_cameras,
+    choose_feature_device,
+    choose_matcher,
+    colmap_mask_folder,
+    exif_groups,
+    extract,
+    mapping_groups,
+    match,
+    resolve_camera_mode,
+)
+from spaceport.sfm.mapping import MIN_REGISTERED, Outcome, map_with_attempts
+from spaceport.sfm.masks import undistort_masks
+from spaceport.sfm.quality import focal_spread, photo_quality, sfm_warnings
+from spaceport.sfm.upright import make_upright
 from spaceport.workspace import SpaceportError, StageResult, Workspace, atomic_write_json, staged_dir
-
-MIN_REGISTERED = 3
-
 
 # -- inputs ----------------------------------------------------------------------------------------
 
@@ -50,76 +61,20 @@ def check_sfm_inputs(ws: Workspace) -> FramesManifest | None:
     return frames
 
 
-# -- camera grouping and matcher choice ------------------------------------------------------------
-
-
-def camera_groups(frames: FramesManifest, mode: CameraMode) -> list[list[str]]:
-    """Partition image names into groups that share one camera (intrinsics)."""
-    names = [f.file for f in frames.frames]
-    if mode == "single":
-        return [names]
-    if mode == "per-image":
-        return [[n] for n in names]
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for f in frames.frames:
-        key = (f.exif.make, f.exif.model, f.exif.focal_length_mm, f.width, f.height)
-        groups[key].append(f.file)
-    result = list(groups.values())
-    if mode == "auto" and len(result) > max(3, len(names) // 10):
-        # many cameras with few photos each (an internet collection): per-group intrinsics have too few
-        # views to be estimated; one shared camera registers far more (liberty: 135/135 vs fragments).
-        return [names]
-    return result
-
-
-def choose_matcher(frames: FramesManifest, config: SfmConfig) -> str:
-    if config.matcher != "auto":
-        return config.matcher
-    if frames.kind == "video":
-        return "sequential"
-    count = len(frames.frames)
-    with_gps = sum(1 for f in frames.frames if f.exif.gps)
-    if with_gps >= 0.8 * count and count > config.exhaustive_max_images:
-        return "spatial"
-    if count <= config.exhaustive_max_images:
-        return "exhaustive"
-    return "vocabtree" if config.vocab_tree_path else "sequential"
-
-
-# -- progress from the COLMAP database -------------------------------------------------------------
-
-
-def _count_rows(database: Path, table: str) -> int | None:
-    """Rows COLMAP has written so far, or None while they cannot be read.
-
-    ``nolock=1``: our reader takes no lock, because COLMAP aborts the whole process ("database is locked") when
-    one of its writes meets a reader's lock; a count read during a write may be off, which a progress bar can bear.
-    """
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro&nolock=1", uri=True, timeout=0.2) as conn:
-            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-    except sqlite3.Error:
-        return None
-
-
 @contextmanager
-def _poll_database(task: Any, database: Path, table: str) -> Iterator[None]:
-    """COLMAP gives no callback for extraction/matching: follow the rows it writes instead."""
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.wait(0.5):
-            count = _count_rows(database, table)
-            if count is not None:
-                task.update(completed=count)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
+def colmap_log_to(path: Path) -> Iterator[None]:
+    """COLMAP's own log goes to ``path``, not the terminal (the progress bars are there), for the block only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    also_to_stderr = pycolmap.logging.alsologtostderr
+    pycolmap.logging.alsologtostderr = False
+    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, path)
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
+        pycolmap.logging.set_log_destination(pycolmap.logging.INFO, "")  # glog: an empty name stops file logging
+        pycolmap.logging.alsologtostderr = also_to_stderr
+
+
 
 
 class _Steps:
@@ -138,138 +93,18 @@ class _Steps:
         atomic_write_json(self.file, self.timings)
 
 
-# -- the steps -------------------------------------------------------------------------------------
-
-
-def _extract(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> list[list[str]]:
-    database = ws.sfm_dir / "database.db"
-    groups = camera_groups(frames, config.camera_mode)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = config.num_threads
-    extraction.max_image_size = config.max_image_size
-    extraction.sift.max_num_features = config.max_num_features
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = config.camera_model
-    with progress.task("sfm: extract features", total=len(frames.frames)) as task:
-        with _poll_database(task, database, "keypoints"):
-            for group in groups:
-                pycolmap.extract_features(database, ws.images_dir, image_names=group,
-                                          camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                          extraction_options=extraction, device=pycolmap.Device.cpu)
-        task.update(completed=_count_rows(database, "keypoints"))
-    return groups
-
-
-def _match(ws: Workspace, frames: FramesManifest, matcher: str, config: SfmConfig, progress: Progress) -> None:
-    database = ws.sfm_dir / "database.db"
-    options = pycolmap.FeatureMatchingOptions()
-    options.num_threads = config.num_threads
-    n = len(frames.frames)
-    expected = n * (n - 1) // 2 if matcher == "exhaustive" else None
-    with progress.task(f"sfm: match ({matcher})", total=expected) as task:
-        with _poll_database(task, database, "two_view_geometries"):
-            if matcher == "exhaustive":
-                pycolmap.match_exhaustive(database, matching_options=options, device=pycolmap.Device.cpu)
-            elif matcher == "sequential":
-                pairing = pycolmap.SequentialPairingOptions()
-                pairing.overlap = config.sequential_overlap
-                if config.vocab_tree_path:
-                    pairing.loop_detection = True
-                    pairing.vocab_tree_path = config.vocab_tree_path
-                pycolmap.match_sequential(database, matching_options=options, pairing_options=pairing,
-                                          device=pycolmap.Device.cpu)
-            elif matcher == "spatial":
-                pycolmap.match_spatial(database, matching_options=options, device=pycolmap.Device.cpu)
-            elif matcher == "vocabtree":
-                if not config.vocab_tree_path or not Path(config.vocab_tree_path).exists():
-                    raise SpaceportError(f"vocabulary tree file '{config.vocab_tree_path}' not found; pass "
-                                         "--vocab-tree PATH (nothing is downloaded) or use another matcher")
-                pairing = pycolmap.VocabTreePairingOptions()
-                pairing.vocab_tree_path = config.vocab_tree_path
-                pycolmap.match_vocabtree(database, matching_options=options, pairing_options=pairing,
-                                         device=pycolmap.Device.cpu)
-            else:
-                raise SpaceportError(f"unknown matcher '{matcher}'")
-        # pairs are written in blocks, so the poll can lag behind: show the final count
-        task.update(completed=_count_rows(database, "two_view_geometries"))
-
-
-def _map(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> dict[int, Any]:
-    database = ws.sfm_dir / "database.db"
-    models_dir = ws.sfm_dir / "models"
-    shutil.rmtree(models_dir, ignore_errors=True)
-    models_dir.mkdir(parents=True)
-    n = len(frames.frames)
-    if config.mapper == "global":
-        options = pycolmap.GlobalPipelineOptions()
-        options.num_threads = config.num_threads
-        options.random_seed = config.seed
-        with progress.task("sfm: global mapping (GLOMAP)", total=None):
-            return pycolmap.global_mapping(database, ws.images_dir, models_dir, options)
-    options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = config.num_threads
-    options.random_seed = config.seed
-    with progress.task("sfm: incremental mapping", total=n) as task:
-        # the callback fires per registered image (across all models); cap at n for the bar
-        counter = {"n": 2}
-        task.update(completed=2)
-
-        def next_image() -> None:
-            counter["n"] += 1
-            task.update(completed=min(counter["n"], n))
-
-        return pycolmap.incremental_mapping(database, ws.images_dir, models_dir, options,
-                                            next_image_callback=next_image)
-
-
-def _pick_largest(ws: Workspace, frames: FramesManifest, config: SfmConfig) -> tuple[pycolmap.Reconstruction, dict]:
-    models_dir = ws.sfm_dir / "models"
-    models = []
-    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        models.append(pycolmap.Reconstruction(str(folder)))
-    names = [f.file for f in frames.frames]
-    sizes = sorted((m.num_reg_images() for m in models), reverse=True)
-    if not models or sizes[0] < MIN_REGISTERED:
-        raise SpaceportError(
-            f"{ws.images_dir}: SfM registered {sizes[0] if sizes else 0} of {len(names)} photos (needs at least "
-            f"{MIN_REGISTERED}); the photos do not overlap enough. Unregistered: {', '.join(names)}. "
-            "Take photos with ~60% overlap, moving around the subject."
-        )
-    best = max(models, key=lambda m: m.num_reg_images())
-    registered = {best.image(i).name for i in best.reg_image_ids()}
-    info = {"model_sizes": sizes, "unregistered": [n for n in names if n not in registered]}
-    fraction = len(registered) / len(names)
-    if fraction < config.min_registered_fraction:
-        raise SpaceportError(
-            f"{ws.images_dir}: the largest SfM model holds only {len(registered)}/{len(names)} photos "
-            f"(models: {sizes}); refusing to train on a fragment. Try --mapper global, --camera-mode single, "
-            f"or lower --min-registered (now {config.min_registered_fraction}). "
-            f"Unregistered: {', '.join(info['unregistered'][:20])}"
-        )
-    return best, info
-
-
-@contextmanager
-def colmap_log_to(path: Path) -> Iterator[None]:
-    """COLMAP's own log goes to ``path``, not the terminal (the progress bars are there), for the block only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    also_to_stderr = pycolmap.logging.alsologtostderr
-    pycolmap.logging.alsologtostderr = False
-    pycolmap.logging.set_log_destination(pycolmap.logging.INFO, path)
-    try:
-        yield
-    finally:
-        pycolmap.logging.set_log_destination(pycolmap.logging.INFO, "")  # glog: an empty name stops file logging
-        pycolmap.logging.alsologtostderr = also_to_stderr
-
-
-def _undistort(ws: Workspace, images_dir: Path, progress: Progress) -> None:
-    """PINHOLE images + model for training, built beside sfm/undistorted and renamed into place."""
+def _undistort(ws: Workspace, images_dir: Path, mask_folder: Path | None, masked: list[str],
+               progress: Progress) -> None:
+    """PINHOLE images + model for training, built beside sfm/undistorted and renamed into place; masks, when the
+    photos have them, undistorted the same way into sfm/undistorted/masks/<image file>.png."""
     with progress.task("sfm: undistort", total=None), staged_dir(ws.undistorted_dir) as staging:
         pycolmap.undistort_images(staging, ws.sparse_dir, images_dir, output_type="COLMAP")
+        if mask_folder is not None:
+            undistort_masks(pycolmap.Reconstruction(str(ws.sparse_dir)), mask_folder, set(masked), staging / "masks")
 
 
 def _write_model(ws: Workspace, model: pycolmap.Reconstruction) -> None:
+    """Only the registered photos: those removed by the camera check are not in the files training reads."""
     with staged_dir(ws.sparse_dir) as staging:
         model.write_binary(str(staging))
 
@@ -280,12 +115,14 @@ def run_sfm(ws: Workspace, config: SfmConfig, progress: Progress) -> StageResult
     frames = check_sfm_inputs(ws)
     with colmap_log_to(ws.logs_dir / "sfm.colmap.log"):
         if frames is None:
-            report = _import_model(ws, progress)
+            report = _import_model(ws, config, progress)
         else:
             report = _reconstruct(ws, frames, config, progress)
     write_sfm_report(ws.sfm_dir, report)
     progress.log(f"sfm: registered {report.registered}/{report.total} images, {report.points3d} points, "
                  f"mean reprojection error {report.mean_reprojection_error_px:.3f} px")
+    for warning in report.warnings:
+        progress.log(f"sfm: warning: {warning}", logging.WARNING)
     return StageResult(
         stage="sfm",
         outputs={"model": ws.rel(ws.sparse_dir), "undistorted": ws.rel(ws.undistorted_dir),
@@ -297,11 +134,15 @@ def run_sfm(ws: Workspace, config: SfmConfig, progress: Progress) -> StageResult
 
 def _reconstruct(ws: Workspace, frames: FramesManifest, config: SfmConfig, progress: Progress) -> SfmReport:
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
+    database = ws.sfm_dir / "database.db"
     steps = _Steps(ws)
     matcher = choose_matcher(frames, config)
-    groups = camera_groups(frames, config.camera_mode)
-    progress.log(f"sfm: {len(frames.frames)} images, {len(groups)} camera group(s), matcher {matcher}, "
-                 f"mapper {config.mapper}")
+    camera_mode = resolve_camera_mode(frames, config.camera_mode)
+    mask_folder, masked = colmap_mask_folder(ws, frames)
+    features_file = ws.sfm_dir / "features.json"
+    progress.log(f"sfm: {len(frames.frames)} images, {len(exif_groups(frames))} EXIF camera group(s), camera mode "
+                 f"{camera_mode}, matcher {matcher}, mapper {config.mapper}"
+                 + (f", {len(masked)} with a mask" if masked else ""))
 
     def timed(step: str, fn: Any) -> None:
         if steps.done(step):
@@ -311,22 +152,74 @@ def _reconstruct(ws: Workspace, frames: FramesManifest, config: SfmConfig, progr
         fn()
         steps.finish(step, time.perf_counter() - start)
 
-    if not steps.done("extract"):
-        (ws.sfm_dir / "database.db").unlink(missing_ok=True)  # a half-written database from a killed run
-    timed("extract", lambda: _extract(ws, frames, config, progress))
-    timed("match", lambda: _match(ws, frames, matcher, config, progress))
+    def extract_all() -> None:
+        database.unlink(missing_ok=True)  # a half-written database from a killed run
+        device = choose_feature_device(config.feature_device)
+        extract(ws, frames, config, device, mask_folder, progress)
+        assign_cameras(database, frames, mapping_groups(frames, camera_mode))
+        atomic_write_json(features_file, {"device": device, "masked": masked})
+
+    timed("extract", extract_all)
+    # a workspace whose extraction ran before features.json existed: the CPU, no masks
+    features = json.loads(features_file.read_text()) if features_file.exists() else {"device": "cpu", "masked": []}
+    timed("match", lambda: match(ws, frames, matcher, config, features["device"], progress))
 
     def map_and_write() -> None:
-        _map(ws, frames, config, progress)
-        best, info = _pick_largest(ws, frames, config)
-        _write_model(ws, best)
-        atomic_write_json(ws.sfm_dir / "models.json", info)
+        best, outcomes = map_with_attempts(database, ws.images_dir, ws.sfm_dir / "models", frames, camera_mode,
+                                           config, progress)
+        _check_registered(ws, frames, best, outcomes, config)
+        upright = make_upright(best.model, config.up)
+        _write_model(ws, best.model)
+        atomic_write_json(ws.sfm_dir / "models.json", {
+            "upright": upright.model_dump(),
+            "model_sizes": best.model_sizes, "mapper": best.attempt.mapper, "camera_mode": best.attempt.camera_mode,
+            "camera_groups": len(mapping_groups(frames, best.attempt.camera_mode)),
+            "left_out": [photo.model_dump() for photo in best.left_out],
+            "focal_disagreement": best.focal_disagreement,
+            "attempts": [outcome.attempt.model_dump() for outcome in outcomes]})
 
     timed("map", map_and_write)
+    models = _read_models(ws, config)
+    timed("undistort", lambda: _undistort(ws, ws.images_dir, mask_folder, features["masked"], progress))
+    model = pycolmap.Reconstruction(str(ws.sparse_dir))
+    left_out = [LeftOutPhoto.model_validate(photo) for photo in models["left_out"]]
+    report = _report(model, total=len(frames.frames), matcher=matcher, mapper=models["mapper"],
+                     camera_mode=models["camera_mode"], camera_groups=models["camera_groups"],
+                     seconds=steps.timings, model_sizes=models["model_sizes"], left_out=left_out,
+                     unregistered=[photo.name for photo in left_out],
+                     attempts=[MappingAttempt.model_validate(a) for a in models["attempts"]],
+                     feature_device=features["device"], masks=len(features["masked"]), upright=models.get("upright"))
+    report.warnings = sfm_warnings(report, config, models.get("focal_disagreement", {}))
+    return report
+
+
+def _read_models(ws: Workspace, config: SfmConfig) -> dict[str, Any]:
+    """sfm/models.json; one written before the camera check (names only) reads with what it says."""
     models = json.loads((ws.sfm_dir / "models.json").read_text())
-    timed("undistort", lambda: _undistort(ws, ws.images_dir, progress))
-    return _report(pycolmap.Reconstruction(str(ws.sparse_dir)), total=len(frames.frames), matcher=matcher,
-                   mapper=config.mapper, camera_groups=len(groups), seconds=steps.timings, **models)
+    if "left_out" not in models:
+        models["left_out"] = [LeftOutPhoto(name=name, test="not_registered", reason="COLMAP found no pose for it")
+                              .model_dump() for name in models.get("unregistered", [])]
+    defaults = {"mapper": config.mapper, "camera_mode": "", "camera_groups": 0, "model_sizes": [], "attempts": []}
+    return {**defaults, **models}
+
+
+def _check_registered(ws: Workspace, frames: FramesManifest, best: Outcome, outcomes: list[Outcome],
+                      config: SfmConfig) -> None:
+    """Refuse what training cannot use: fewer than 3 photos, or a fragment of the collection."""
+    total = len(frames.frames)
+    tried = "; ".join(f"{o.attempt.mapper} mapper with {o.attempt.camera_mode} cameras: {o.registered}"
+                      for o in outcomes)
+    out = [photo.name for photo in best.left_out]
+    if best.registered < MIN_REGISTERED:
+        raise SpaceportError(
+            f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (needs at least {MIN_REGISTERED}); "
+            f"the photos do not overlap enough (tried: {tried}). Unregistered: {', '.join(out)}. "
+            "Take photos with ~60% overlap, moving around the subject.")
+    if best.registered < config.min_registered_fraction * total:
+        raise SpaceportError(
+            f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (models: {best.model_sizes}; "
+            f"tried: {tried}); refusing to train on a fragment. Try --mapper global, another --camera-mode, or "
+            f"lower --min-registered (now {config.min_registered_fraction}). Unregistered: {', '.join(out[:20])}")
 
 
 def _report(model: pycolmap.Reconstruction, **fields: Any) -> SfmReport:
@@ -336,11 +229,13 @@ def _report(model: pycolmap.Reconstruction, **fields: Any) -> SfmReport:
         mean_reprojection_error_px=float(model.compute_mean_reprojection_error()),
         mean_track_length=float(model.compute_mean_track_length()),
         cameras=model.num_cameras(),
+        focal=focal_spread(model),
+        photos=photo_quality(model),
         **fields,
     )
 
 
-def _import_model(ws: Workspace, progress: Progress) -> SfmReport:
+def _import_model(ws: Workspace, config: SfmConfig, progress: Progress) -> SfmReport:
     """Use the COLMAP model the user brought (--steps train): validate it, then undistort it for training."""
     model_dir, images_dir = ws.input_dir / "sparse", ws.input_dir / "images"
     started = time.perf_counter()
@@ -356,7 +251,9 @@ def _import_model(ws: Workspace, progress: Progress) -> SfmReport:
         raise SpaceportError(f"{model_dir}: the model has {model.num_reg_images()} registered images and "
                              f"{model.num_points3D()} points; training needs >= {MIN_REGISTERED} and a point cloud")
     ws.sfm_dir.mkdir(parents=True, exist_ok=True)
+    upright = make_upright(model, config.up)
     _write_model(ws, model)
-    _undistort(ws, images_dir, progress)
+    _undistort(ws, images_dir, None, [], progress)
     return _report(model, source="model", total=model.num_images(), matcher="none", mapper="none",
-                   camera_groups=model.num_cameras(), seconds={"import": round(time.perf_counter() - started, 2)})
+                   camera_groups=model.num_cameras(), seconds={"import": round(time.perf_counter() - started, 2)},
+                   upright=upright.model_dump())
