@@ -8,10 +8,11 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
+from PIL import Image
 
 from spaceport.formats.gaussians import random_gaussians
 from spaceport.splat.model import gaussians_from_points
-from spaceport.splat.scene import load_scene
+from spaceport.splat.scene import View, load_scene
 from spaceport.workspace import SpaceportError, Workspace
 from tests.synthetic import write_synthetic_scene
 
@@ -106,3 +107,53 @@ def test_downscaled_view_keeps_the_projection_and_the_colours(tmp_path):
         # antialiased resampling keeps the mean colour and smooths the detail
         np.testing.assert_allclose(small.image.float().mean((0, 1)), view.image.float().mean((0, 1)), atol=2.0)
         assert small.image.float().std() <= view.image.float().std() + 1e-3
+
+
+def test_masks_beside_the_undistorted_images_are_loaded_scaled_and_left_out_of_the_scores(tmp_path):
+    """sfm writes undistorted/masks/<image file>.png (0 = ignore): training and the evaluation must not see what
+    the mask hides, however wrong the photo is there."""
+    from spaceport.splat.evaluate import evaluate_views, to_float_image
+    from spaceport.splat.model import params_from_gaussians
+    from spaceport.splat.train import masked_truth, photometric_loss
+
+    truth = random_gaussians(120, sh_degree=0, seed=3, extent=1.0)
+    synthetic = write_synthetic_scene(tmp_path, truth, num_views=2, width=80, height=60, num_points=50)
+    masks_dir = synthetic.images_dir.parent / "masks"
+    masks_dir.mkdir()
+    keep = np.full((60, 80), 255, np.uint8)
+    keep[:, 50:] = 0  # a "person" on the right
+    Image.fromarray(keep).save(masks_dir / "view_000.png.png")
+    scene = load_scene(synthetic.model_dir, synthetic.images_dir, holdout_every=0)
+    masked, plain = scene.train_views
+    assert plain.mask is None and masked.mask.shape == (60, 80) and masked.mask[:, :50].all()
+    assert not masked.mask[:, 50:].any()
+    half = masked.downscaled(2)
+    assert half.mask.shape == (30, 40) and half.mask[:, :25].all() and not half.mask[:, 25:].any()
+
+    # paint the hidden part of the photo: the scores of the true splat must not move
+    params = params_from_gaussians(truth, "cpu")
+    clean = evaluate_views(params, [masked], sh_degree=0, background=torch.zeros(3), backend="torch")
+    painted_image = masked.image.clone()
+    painted_image[:, 50:] = torch.tensor([255, 0, 255], dtype=torch.uint8)
+    painted = View(masked.name, painted_image, masked.K, masked.viewmat, masked.mask)
+    again = evaluate_views(params, [painted], sh_degree=0, background=torch.zeros(3), backend="torch")
+    assert again["psnr"] == pytest.approx(clean["psnr"], abs=1e-4) and again["ssim"] == pytest.approx(
+        clean["ssim"], abs=1e-4)
+    unmasked = View(masked.name, painted_image, masked.K, masked.viewmat, None)
+    assert evaluate_views(params, [unmasked], sh_degree=0, background=torch.zeros(3),
+                          backend="torch")["psnr"] < clean["psnr"] - 3
+
+    # the training loss ignores the painted pixels too, and still sees the kept ones
+    rendered = (to_float_image(masked)[None] * 0.9).requires_grad_(True)
+
+    def loss(view: View) -> torch.Tensor:
+        return photometric_loss(rendered, masked_truth(view, to_float_image(view)[None], rendered), 0.2, "separable")
+
+    assert float(loss(painted).detach()) == pytest.approx(float(loss(masked).detach()), abs=1e-6)
+    assert float(loss(unmasked).detach()) > float(loss(masked).detach()) + 0.01
+    (gradient,) = torch.autograd.grad(loss(painted), rendered)
+    # beyond the SSIM window's reach (5 px) of the kept pixels nothing pulls the render (SSIM(x, x) is its maximum:
+    # only rounding is left there)
+    assert gradient[0, :, 56:].abs().max() < 1e-2 * gradient[0, :, :45].abs().max()
+    (without_mask,) = torch.autograd.grad(loss(unmasked), rendered)
+    assert without_mask[0, :, 56:].abs().max() > 0.5 * without_mask[0, :, :45].abs().max()

@@ -62,13 +62,18 @@ def evaluate_views(
                                      sh_degree=sh_degree, backgrounds=backgrounds, backend=backend)
         rendered = colors[0].clamp(0, 1)
         truth = to_float_image(view)
-        scored_render, scored_truth = rendered, truth
         if protocol == "nerf-w-right-half":
             rendered = compensate_from_left_half(rendered, truth)
-            scored_render, scored_truth = right_half(rendered), right_half(truth)
+        scored_render, scored_truth, kept = rendered, truth, view.mask
+        if view.mask is not None:  # masked pixels (people, cars) are not scored: SSIM sees the render there
+            scored_truth = torch.where(view.mask[..., None], truth, rendered)
+        if protocol == "nerf-w-right-half":
+            scored_render, scored_truth = right_half(scored_render), right_half(scored_truth)
+            kept = None if kept is None else right_half(kept)
         per_view.append({
             "name": view.name,
-            "psnr": float(psnr(scored_render, scored_truth)),
+            "psnr": float(psnr(scored_render, scored_truth) if kept is None or not kept.any()
+                          else psnr(scored_render[kept], scored_truth[kept])),
             "ssim": float(ssim(scored_render[None], scored_truth[None])),
         })
         if renders_dir is not None and index < num_renders:

@@ -24,6 +24,7 @@ class View:
     image: torch.Tensor  # (H, W, 3) uint8
     K: torch.Tensor  # (3, 3) float32, for the (possibly downscaled) image
     viewmat: torch.Tensor  # (4, 4) float32, world to camera (OpenCV axes: x right, y down, z forward)
+    mask: torch.Tensor | None = None  # (H, W) bool, False = ignore (a person, a car): no loss there
 
     @property
     def width(self) -> int:
@@ -34,7 +35,8 @@ class View:
         return int(self.image.shape[0])
 
     def to(self, device: torch.device | str) -> View:
-        return View(self.name, self.image.to(device), self.K.to(device), self.viewmat.to(device))
+        mask = None if self.mask is None else self.mask.to(device)
+        return View(self.name, self.image.to(device), self.K.to(device), self.viewmat.to(device), mask)
 
     def downscaled(self, factor: int) -> View:
         """The view at 1/factor of its size (rounded), on its device: antialiased bilinear resampling, whose
@@ -44,7 +46,11 @@ class View:
         resized = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         image = resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous()
         scale = torch.tensor([width / self.width, height / self.height, 1.0], device=self.K.device)
-        return View(self.name, image, self.K * scale[:, None], self.viewmat)
+        mask = None
+        if self.mask is not None:  # a pixel is kept only where every pixel it averages was kept
+            kept = F.interpolate(self.mask[None, None].float(), size=(height, width), mode="area")
+            mask = kept[0, 0] > 0.999
+        return View(self.name, image, self.K * scale[:, None], self.viewmat, mask)
 
 
 @dataclass
@@ -124,12 +130,25 @@ def _load_view(image: pycolmap.Image, images_dir: Path, max_width: int | None) -
         if (width, height) != photo.size:
             photo = photo.resize((width, height), Image.Resampling.LANCZOS)
         pixels = torch.from_numpy(np.asarray(photo).copy())
+    mask = _load_mask(images_dir.parent / "masks" / f"{image.name}.png", (width, height))
     fx, fy, cx, cy = camera.params
     sx, sy = width / camera.width, height / camera.height
     K = torch.tensor([[fx * sx, 0, cx * sx], [0, fy * sy, cy * sy], [0, 0, 1]], dtype=torch.float32)
     viewmat = torch.eye(4, dtype=torch.float32)
     viewmat[:3] = torch.from_numpy(image.cam_from_world().matrix()).float()
-    return View(image.name, pixels, K, viewmat)
+    return View(image.name, pixels, K, viewmat, mask)
+
+
+def _load_mask(path: Path, size: tuple[int, int]) -> torch.Tensor | None:
+    """The undistorted mask of a photo (sfm writes ``undistorted/masks/<image file>.png``, 0 = ignore), at ``size``
+    (nearest, so it stays binary); None when the photo has none."""
+    if not path.is_file():
+        return None
+    with Image.open(path) as mask:
+        mask = mask.convert("L")
+        if mask.size != size:
+            mask = mask.resize(size, Image.Resampling.NEAREST)
+        return torch.from_numpy(np.asarray(mask) > 127)
 
 
 def _target_size(width: int, height: int, max_width: int | None) -> tuple[int, int]:

@@ -570,7 +570,7 @@ def train_step(run: TrainRun, state: TrainingState, timer: StepTimer | NullTimer
         )
     with timer.section("loss"):
         colors = state.appearance(colors, view_index)
-        loss = photometric_loss(colors, truth, config.ssim_lambda, run.ssim_kernel)
+        loss = photometric_loss(colors, masked_truth(view, truth, colors), config.ssim_lambda, run.ssim_kernel)
         loss = loss + state.appearance.regularization(view_index)
         if config.opacity_reg:
             loss = loss + config.opacity_reg * torch.sigmoid(params["opacities"]).mean()
@@ -607,6 +607,14 @@ def step_optimizers(run: TrainRun, state: TrainingState, info: dict[str, Any]) -
 def sh_degree_at(config: TrainConfig, step: int) -> int:
     """One more SH degree every ``sh_degree_interval`` steps, up to ``sh_degree``."""
     return min(step // config.sh_degree_interval, config.sh_degree)
+
+
+def masked_truth(view: View, truth: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:
+    """The photo where its mask keeps it, the (detached) render where the mask hides it (people, cars), so the
+    hidden pixels cost nothing in L1 and SSIM alike."""
+    if view.mask is None:
+        return truth
+    return torch.where(view.mask[None, :, :, None], truth, rendered.detach())
 
 
 def photometric_loss(rendered: torch.Tensor, truth: torch.Tensor, ssim_lambda: float,
