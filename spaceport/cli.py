@@ -314,6 +314,10 @@ def serve(
     try:
         settings = Settings(**overrides)
         settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+        if not settings.broker_url:  # the embedded worker's GPU slots: a GPU that is not here fails now
+            from spaceport.gpus import gpu_slots
+
+            gpu_slots(settings.gpus)
         run_service(settings, host, port, announce)
     except SpaceportError as exc:
         _fail(str(exc))
