@@ -284,6 +284,13 @@ def run_jobs(service: Service, count: int) -> dict[str, Any]:
     """Submit ``count`` jobs at once and wait for all; each job's wall time ends when it is seen final."""
     submitted = time.monotonic()
     ids = service.submit(count)
+    jobs, finished = wait_until_final(service, ids, f"{count} job(s) to end")
+    summaries = [job_summary(service, job, submitted, finished.get(job["id"], time.monotonic())) for job in jobs]
+    return {"wall_s": round(max(s["wall_s"] for s in summaries), 1), "jobs": summaries}
+
+
+def wait_until_final(service: Service, ids: list[str], what: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The jobs once all are final, and when each was first seen final (monotonic seconds)."""
     finished: dict[str, float] = {}
 
     def all_final(jobs: list[dict[str, Any]]) -> bool:
@@ -292,10 +299,9 @@ def run_jobs(service: Service, count: int) -> dict[str, Any]:
                 finished.setdefault(job["id"], time.monotonic())
         return len(finished) == len(jobs)
 
-    jobs = service.wait(ids, all_final, f"{count} job(s) to end")
+    jobs = service.wait(ids, all_final, what)
     all_final(jobs)
-    summaries = [job_summary(service, job, submitted, finished.get(job["id"], time.monotonic())) for job in jobs]
-    return {"wall_s": round(max(s["wall_s"] for s in summaries), 1), "jobs": summaries}
+    return jobs, finished
 
 
 def run_resume(service: Service) -> dict[str, Any]:
@@ -309,16 +315,7 @@ def run_resume(service: Service) -> dict[str, Any]:
     steps_at_kill = [train_step(job) for job in running]
     service.kill_and_restart_gpu_side()
     killed = time.monotonic()
-    finished: dict[str, float] = {}
-
-    def all_final(jobs: list[dict[str, Any]]) -> bool:
-        for job in jobs:
-            if job["state"] in FINAL:
-                finished.setdefault(job["id"], time.monotonic())
-        return len(finished) == len(jobs)
-
-    jobs = service.wait(ids, all_final, "the resumed jobs to end")
-    all_final(jobs)
+    jobs, finished = wait_until_final(service, ids, "the resumed jobs to end")
     summaries = [job_summary(service, job, submitted, finished.get(job["id"], time.monotonic())) for job in jobs]
     return {"killed_at_steps": steps_at_kill, "kill_to_end_s": round(max(finished.values(), default=killed) - killed,
                                                                      1), "jobs": summaries}

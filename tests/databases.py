@@ -1,4 +1,5 @@
-"""Databases for the job store's tests: a SQLite file per test, or a PostgreSQL database made for the session.
+"""Databases for the job store's tests: a SQLite file per test, or a PostgreSQL database made for the session; and
+Redis for the Celery tests (``redis_url``).
 
 PostgreSQL runs on 127.0.0.1:5432 (trust auth, user postgres). The session's database is called
 ``spaceport_test_<random>``, created empty and dropped at the end; ``database_url`` empties its tables before
@@ -53,3 +54,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("postgres_url")
     empty_postgres(url)
     return url
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The Redis on 127.0.0.1:6379 (the module's ``REDIS_URL``: a database of its own), emptied before and after."""
+    import redis
+
+    url = request.module.REDIS_URL
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it (.ci/run starts what is down)")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

@@ -34,23 +34,10 @@ from spaceport.splat.train import photometric_loss
 from spaceport.workspace import SpaceportError
 from tests.conftest import LIBERTY, MONSTREE
 from tests.synthetic import look_at_viewmat, write_synthetic_scene
+from tests.test_train import ground_truth_scene
 
 WIDTH, HEIGHT = 48, 36
 HELD_OUT = (0, 6)
-
-
-def blobs(n: int = 40, seed: int = 0) -> Gaussians:
-    """Opaque coloured blobs in the unit cube (as tests/test_train.py's ground truth)."""
-    rng = np.random.default_rng(seed)
-    quats = rng.normal(size=(n, 4)).astype(np.float32)
-    return Gaussians(
-        means=rng.uniform(-1, 1, size=(n, 3)).astype(np.float32),
-        scales=rng.uniform(-1.8, -1.2, size=(n, 3)).astype(np.float32),
-        quats=quats / np.linalg.norm(quats, axis=1, keepdims=True),
-        opacities=rng.uniform(1, 4, size=n).astype(np.float32),
-        sh0=rng.normal(0, 1.2, size=(n, 3)).astype(np.float32),
-        shN=np.zeros((n, 0, 3), np.float32),
-    )
 
 
 def random_colour_change(rng: np.random.Generator) -> torch.Tensor:
@@ -119,7 +106,7 @@ def training_psnr(params, appearance: AppearanceModel, views: list[View]) -> flo
 
 
 def test_training_with_affine_appearance_fits_photos_of_changing_colour_and_generalises():
-    truth = blobs()
+    truth = ground_truth_scene()
     views = photos_with_colour_changes(truth)
     train = [v for i, v in enumerate(views) if i not in HELD_OUT]
     held_out = [views[i] for i in HELD_OUT]
@@ -137,7 +124,7 @@ def test_training_with_affine_appearance_fits_photos_of_changing_colour_and_gene
 
 
 def test_nerf_w_protocol_recovers_a_held_out_colour_change_from_the_left_half(tmp_path):
-    truth = blobs()
+    truth = ground_truth_scene()
     params = params_from_gaussians(truth, "cpu")
     viewmat, K = ring_camera(3, 12)
     clean, _, _ = render_gaussians(truth, viewmat[None], K[None], WIDTH, HEIGHT, backend="torch")
@@ -311,7 +298,7 @@ def test_camera_labels_come_from_the_frames_manifest_or_else_from_colmap(tmp_pat
 
 
 def test_decide_for_views_reads_the_scene(tmp_path):
-    synthetic = write_synthetic_scene(tmp_path, blobs(), num_views=4, width=40, height=30, num_points=20)
+    synthetic = write_synthetic_scene(tmp_path, ground_truth_scene(), num_views=4, width=40, height=30, num_points=20)
     views = [View(p.name, torch.from_numpy(np.asarray(Image.open(p)).copy()), torch.eye(3), torch.eye(4))
              for p in sorted(synthetic.images_dir.glob("*.png"))]
     labels = workspace_camera_labels(synthetic.images_dir, synthetic.model_dir)  # one COLMAP camera
@@ -322,7 +309,7 @@ def test_decide_for_views_reads_the_scene(tmp_path):
 
 
 def test_decide_for_scene_looks_at_every_photo_of_the_scene(tmp_path):
-    synthetic = write_synthetic_scene(tmp_path, blobs(), num_views=5, width=40, height=30, num_points=20)
+    synthetic = write_synthetic_scene(tmp_path, ground_truth_scene(), num_views=5, width=40, height=30, num_points=20)
     scene = load_scene(synthetic.model_dir, synthetic.images_dir, holdout_every=4)
     decision = decide_for_scene("auto", scene, synthetic.images_dir, synthetic.model_dir)
     assert decision.kind == "none" and "1 camera(s)" in decision.reason

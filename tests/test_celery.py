@@ -14,12 +14,9 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from spaceport.jobs.celery_app import CeleryDispatcher, Reaper, make_celery
 from spaceport.jobs.store import open_store
@@ -29,24 +26,9 @@ from tests.databases import empty_postgres
 from tests.processes import PREVIEW_SETTINGS, Api, ServiceProcess, running, service_env, train_step, wait_until
 from tests.servers import S3Server, SmtpServer, WebhookReceiver
 
-REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own, emptied before and after
+REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own (tests/databases.py: redis_url)
 SECRET = "celery-test-secret"
 EMAIL = "scale@example.org"
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it (.ci/run starts what is down)")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
 
 
 def queued_tasks(client: Any, queue: str) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from spaceport.gpus import gpu_slots, visible_gpus
 from spaceport.jobs.store import Store, open_store
 from tests.processes import PREVIEW_SETTINGS, Api, ServiceProcess, descendants, service_env, train_step, wait_until
 
-REDIS_URL = "redis://127.0.0.1:6379/10"  # a database of its own, emptied before and after
+REDIS_URL = "redis://127.0.0.1:6379/10"  # a database of its own (tests/databases.py: redis_url)
 TWO_GPUS = {"CUDA_VISIBLE_DEVICES": "0,1"}
 TRAIN_STEPS = 80
 
@@ -87,21 +86,6 @@ def test_worker_and_serve_exit_2_naming_the_visible_gpus() -> None:
 
 
 # -- real services ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); start it (.ci/run starts what is down)")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
 
 
 def model_files(workspace: Path) -> list[tuple[str, bytes]]:
