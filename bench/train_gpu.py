@@ -57,6 +57,7 @@ PLAIN_RECIPE = dict(  # INRIA 3DGS as gsplat's simple_trainer runs it
     init_opacity=0.1, init_scale=1.0, opacity_reg=0.0, scale_reg=0.0, refine_start=500, refine_stop=15_000,
     refine_every=100, reset_opacity_every=3000, grow_grad2d=2e-4, max_image_width=None, resolution_schedule=[],
     gaussians_per_megapixel=None, eval_every=0, early_stop_patience=0, optimizer="adam", log_every=100,
+    appearance="off",
 )
 
 
@@ -141,6 +142,8 @@ def train_once(sfm_root: Path, work: Path, label: str, config: TrainConfig, prof
     shutil.rmtree(ws.root, ignore_errors=True)
     ws.root.mkdir(parents=True)
     (ws.root / "sfm").symlink_to((sfm_root / "sfm").resolve(), target_is_directory=True)
+    if (sfm_root / "images").is_dir():  # the ingest manifest: its EXIF cameras decide appearance as in a pipeline run
+        (ws.root / "images").symlink_to((sfm_root / "images").resolve(), target_is_directory=True)
     profiler = StepProfiler(device, *profile) if profile else None
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -40,6 +40,13 @@ def _gpu_train(**settings: Any) -> TrainConfig:
     return TrainConfig(**{**common, **settings})
 
 
+def _gpu_compress() -> CompressConfig:
+    """The GPU presets' splats (about 1M Gaussians at full resolution) have more to spare than the CPU preview's:
+    pruning below 2 px and SH bands under 16/255 cost nothing measurable on monstree's held-out photos
+    (22.0x smaller than the PLY against 19.0x with the defaults; bench/compress_quality.py)."""
+    return CompressConfig(prune_threshold=2.0, sh_drop_threshold=16 / 255)
+
+
 PRESETS: dict[str, PipelineConfig] = {
     # CPU-sized: monstree (20 training views) in a few minutes on 2 cores with the torch renderer.
     "preview": PipelineConfig(
@@ -51,26 +58,27 @@ PRESETS: dict[str, PipelineConfig] = {
             checkpoint_every=250, log_every=25, num_renders=3,
         ),
     ),
-    # Full resolution, gsplat on the GPU, sized for photos -> SOG in about 2 minutes on an H200 (issue 13). MCMC: on
-    # monstree (20 training photos) it beat DefaultStrategy by 1.7 dB held-out at a sixth of the Gaussians. Its
-    # budget follows the photos (10k Gaussians per training megapixel: 380k for monstree, the MCMC paper's caps
-    # per pixel), reached halfway through refining. Coarse to fine: 1/4 size to step 700, 1/2 to 2000. 7k steps
-    # (the H200 did 12k in 154 s before the faster loop); evaluation every 500 steps on up to 4 held-out photos
-    # stops the run when held-out PSNR stalls. The lead tunes these numbers on the GPU (bench/train_gpu.py).
+    # Full resolution, gsplat on the GPU, sized for photos -> SOG in about 2 minutes on an H200 (issue 13). MCMC
+    # grown fast to its budget (25k Gaussians per training megapixel, at most 1M), then a short run: with 20-200
+    # photos held-out PSNR peaks after about 2,000 steps and then falls as the splat memorises what few photos see.
+    # Measured on monstree (bench/gpu_tune.sh, held-out PSNR every 250 steps): 1M Gaussians by step 1,200, best
+    # 20.81 dB at 1,750, 20.64 at 3,000; a 500k budget 20.32, 2M 19.99; coarse to fine and SH degree 1 no better.
+    # The old 7k-step, 380k, coarse-to-fine recipe: 19.87 dB at its best, 19.45 at the end, twice the time.
     "standard": PipelineConfig(
         ingest=IngestConfig(max_size=1600),
         sfm=SfmConfig(max_image_size=1600),
-        train=_gpu_train(steps=7_000, refine_stop=5_000, resolution_schedule=[(4, 700), (2, 2_000)],
-                         gaussians_per_megapixel=10_000, cap_max=3_000_000, eval_every=500,
-                         early_stop_patience=4),
+        train=_gpu_train(steps=3_000, refine_start=100, refine_stop=2_000, gaussians_per_megapixel=25_000,
+                         cap_max=1_000_000, eval_every=250, early_stop_patience=4),
+        compress=_gpu_compress(),
     ),
-    # More time for more quality on the GPU: 20k steps, twice the Gaussians per megapixel, longer refining.
+    # More time for the last decibel: a larger budget, twice the steps, a coarse-to-fine start.
     "quality": PipelineConfig(
         ingest=IngestConfig(max_size=1600),
         sfm=SfmConfig(max_image_size=1600),
-        train=_gpu_train(steps=20_000, refine_stop=12_000, resolution_schedule=[(4, 1_500), (2, 4_000)],
-                         gaussians_per_megapixel=20_000, cap_max=5_000_000, eval_every=1_000,
-                         early_stop_patience=3),
+        train=_gpu_train(steps=6_000, refine_start=100, refine_stop=4_000, resolution_schedule=[(2, 1_000)],
+                         gaussians_per_megapixel=50_000, cap_max=2_000_000, eval_every=500,
+                         early_stop_patience=4),
+        compress=_gpu_compress(),
     ),
 }
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from spaceport.formats.gaussians import random_gaussians
 from spaceport.splat.model import gaussians_from_points
-from spaceport.splat.scene import View, load_scene
+from spaceport.splat.scene import View, camera_extent, load_scene
 from spaceport.workspace import SpaceportError, Workspace
 from tests.synthetic import write_synthetic_scene
 
@@ -157,3 +157,21 @@ def test_masks_beside_the_undistorted_images_are_loaded_scaled_and_left_out_of_t
     assert gradient[0, :, 56:].abs().max() < 1e-2 * gradient[0, :, :45].abs().max()
     (without_mask,) = torch.autograd.grad(loss(unmasked), rendered)
     assert without_mask[0, :, 56:].abs().max() > 0.5 * without_mask[0, :, :45].abs().max()
+
+
+def _viewmat_at(centre: np.ndarray) -> torch.Tensor:
+    """A world-to-camera matrix of a camera at ``centre`` (identity rotation)."""
+    viewmat = torch.eye(4, dtype=torch.float64)
+    viewmat[:3, 3] = -torch.from_numpy(centre)
+    return viewmat.float()
+
+
+def test_extent_ignores_a_few_far_cameras():
+    # 40 cameras on a ring of radius 2 around the scene, then 3 photos from 15x farther (a ferry, a plane): the
+    # learning-rate scale must stay that of the ring, not of the outliers (INRIA's max would give 33)
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    ring = [np.array([2 * np.cos(a), 0.0, 2 * np.sin(a)]) for a in angles]
+    far = [np.array([30.0, 1.0, 0.0]), np.array([0.0, 2.0, -28.0]), np.array([-29.0, 0.0, 3.0])]
+    assert camera_extent([_viewmat_at(c) for c in ring]) == pytest.approx(2.2, rel=0.02)
+    assert camera_extent([_viewmat_at(c) for c in ring + far]) == pytest.approx(2.2, rel=0.05)
+    assert camera_extent([_viewmat_at(c) for c in ring + far], quantile=1.0) > 30

@@ -162,3 +162,13 @@ def test_training_neither_reads_nor_changes_the_global_rngs(workspace, tmp_path)
     torch.manual_seed(99)  # another global state: the same splat
     run_train(twin, config, NullProgress())
     assert workspace.splat_ply.read_bytes() == twin.splat_ply.read_bytes()
+
+
+def test_scene_extent_setting_scales_the_means_learning_rate(workspace):  # noqa: F811
+    measured = prepare_run(workspace, small_config(), NullProgress())
+    assert measured.scene.extent == pytest.approx(load_scene(
+        workspace.undistorted_dir / "sparse", workspace.undistorted_dir / "images", holdout_every=5).extent)
+    run = prepare_run(workspace, small_config(scene_extent=0.5), NullProgress())
+    assert run.scene.extent == 0.5 != measured.scene.extent
+    state = start_state(run)
+    assert state.optimizers["means"].param_groups[0]["lr"] == pytest.approx(0.5 * run.config.lr_means)

@@ -22,6 +22,9 @@ class TrainConfig(BaseModel):
     max_image_width: int | None = Field(None, ge=16, description="downscale images to at most this width")
     holdout_every: int = Field(8, ge=0, description="every Nth image (sorted by name) is held out; 0 = none")
     max_init_points: int | None = Field(None, ge=1, description="random subset of the sparse points")
+    scene_extent: float | None = Field(
+        None, gt=0.0, description="the scene's size in model units, which scales the position learning rate; "
+        "None: 1.1 x the 90th percentile of the cameras' distances from their median centre")
     resolution_schedule: list[tuple[int, int]] = Field(
         default_factory=list,
         description="coarse to fine: [[factor, until_step], ...] trains on images downscaled by factor while "

@@ -67,7 +67,7 @@ CHECKPOINT_VERSION = 4
 GSPLAT_VERSIONS_WITHOUT_OPACITY_RESET = frozenset({"1.5.3"})
 MULTINOMIAL_LIMIT = 2**24  # above it gsplat's _multinomial_sample draws from numpy's global RNG
 GROW_TO_BUDGET_BY = 0.5  # mcmc_grow_factor None: the budget is reached after this share of the refinements
-GSPLAT_MCMC_GROW_FACTOR, MAX_AUTO_GROW_FACTOR = 1.05, 1.5
+GSPLAT_MCMC_GROW_FACTOR, MAX_AUTO_GROW_FACTOR = 1.05, 1.6
 MIN_LEVEL_SIZE = 32  # px, the shorter side of a coarse-to-fine level (SSIM's window is 11)
 __all__ = ["TrainConfig", "TrainingInterrupted", "run_train"]
 
@@ -390,6 +390,8 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
     scene = load_scene(model_dir, images_dir, max_width=config.max_image_width,
                        holdout_every=config.holdout_every, max_points=config.max_init_points,
                        seed=config.seed).to(device)
+    if config.scene_extent is not None:
+        scene = dataclasses.replace(scene, extent=config.scene_extent)
     config = fit_to_scene(config, scene)
     first = scene.train_views[0]
     progress.log(
