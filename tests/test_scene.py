@@ -12,7 +12,7 @@ from PIL import Image
 
 from spaceport.formats.gaussians import random_gaussians
 from spaceport.splat.model import gaussians_from_points
-from spaceport.splat.scene import View, camera_extent, load_scene
+from spaceport.splat.scene import View, camera_extent, load_scene, points_extent, scene_extent
 from spaceport.workspace import SpaceportError, Workspace
 from tests.synthetic import write_synthetic_scene
 
@@ -175,3 +175,16 @@ def test_extent_ignores_a_few_far_cameras():
     assert camera_extent([_viewmat_at(c) for c in ring]) == pytest.approx(2.2, rel=0.02)
     assert camera_extent([_viewmat_at(c) for c in ring + far]) == pytest.approx(2.2, rel=0.05)
     assert camera_extent([_viewmat_at(c) for c in ring + far], quantile=1.0) > 30
+
+
+def test_extent_follows_a_compact_subject_seen_from_afar():
+    # a statue 1 unit across photographed from a ring 6 units away: the points set the scale, not the cameras
+    rng = np.random.default_rng(0)
+    statue = rng.uniform(-0.5, 0.5, size=(2000, 3))
+    angles = np.linspace(0, 2 * np.pi, 30, endpoint=False)
+    far_ring = [_viewmat_at(np.array([6 * np.cos(a), 0.0, 6 * np.sin(a)])) for a in angles]
+    assert scene_extent(far_ring, statue) == pytest.approx(points_extent(statue)) and points_extent(statue) < 1.0
+    # a room scanned from its middle: the walls lie beyond the cameras, whose spread stays the scale
+    walls = rng.uniform(-8, 8, size=(2000, 3))
+    near_ring = [_viewmat_at(np.array([np.cos(a), 0.0, np.sin(a)])) for a in angles]
+    assert scene_extent(near_ring, walls) == pytest.approx(camera_extent(near_ring))

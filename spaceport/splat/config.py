@@ -24,7 +24,8 @@ class TrainConfig(BaseModel):
     max_init_points: int | None = Field(None, ge=1, description="random subset of the sparse points")
     scene_extent: float | None = Field(
         None, gt=0.0, description="the scene's size in model units, which scales the position learning rate; "
-        "None: 1.1 x the 90th percentile of the cameras' distances from their median centre")
+        "None: measured (spaceport.splat.scene.scene_extent: the cameras' spread, or the sparse points' where "
+        "smaller)")
     resolution_schedule: list[tuple[int, int]] = Field(
         default_factory=list,
         description="coarse to fine: [[factor, until_step], ...] trains on images downscaled by factor while "

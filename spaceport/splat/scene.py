@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Scene:
     test_views: list[View]
     points: np.ndarray  # (P, 3) float32 sparse SfM points
     colors: np.ndarray  # (P, 3) float32 in [0, 1]
-    extent: float  # the scale of the learning rates: see camera_extent
+    extent: float  # the scale of the position learning rate: see scene_extent
 
     def to(self, device: torch.device | str) -> Scene:
         return Scene([v.to(device) for v in self.train_views], [v.to(device) for v in self.test_views],
@@ -109,7 +110,7 @@ def load_scene(
     points, colors = _sparse_points(reconstruction, max_points, seed)
     if len(points) == 0:
         raise SpaceportError(f"{model_dir}: points3D.bin holds no points; re-run sfm")
-    return Scene(train, test, points, colors, camera_extent([v.viewmat for v in views]))
+    return Scene(train, test, points, colors, scene_extent([v.viewmat for v in views], points))
 
 
 def _load_view(image: pycolmap.Image, images_dir: Path, max_width: int | None) -> View:
@@ -168,6 +169,23 @@ def _sparse_points(reconstruction: pycolmap.Reconstruction, max_points: int | No
         keep = np.random.default_rng(seed).choice(len(xyz), max_points, replace=False)
         xyz, rgb = xyz[keep], rgb[keep]
     return xyz, rgb
+
+
+def scene_extent(viewmats: list[torch.Tensor], points: np.ndarray) -> float:
+    """The size of what is reconstructed, which scales the position learning rate: the cameras' spread
+    (``camera_extent``), or the sparse points' (``points_extent``) where those are more compact. Cameras that
+    stand far from a compact subject (internet photos of a landmark: 6.4 against 1.1 on liberty) would
+    otherwise move its Gaussians in steps far too coarse for it; measured on liberty (GPU, 1M Gaussians, NeRF-W
+    held-out): 15.8 dB at 6.4, 17.7 at 2.0. A scene that surrounds its cameras keeps the cameras' spread."""
+    return min(camera_extent(viewmats), points_extent(points))
+
+
+def points_extent(points: np.ndarray, quantile: float = EXTENT_QUANTILE) -> float:
+    """1.1 x the ``quantile`` of the sparse points' distances from their median (inf without points)."""
+    if len(points) == 0:
+        return math.inf
+    distances = np.linalg.norm(points - np.median(points, axis=0), axis=1)
+    return max(float(np.quantile(distances, quantile)) * 1.1, 1e-6)
 
 
 def camera_extent(viewmats: list[torch.Tensor], quantile: float = EXTENT_QUANTILE) -> float:
