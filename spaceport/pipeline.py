@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from spaceport.compress.stage import find_input_ply, run_compress
 from spaceport.devices import describe_device
+from spaceport.formats.frames import MANIFEST_NAME
 from spaceport.formats.job import STEP_STAGES, Steps
 from spaceport.ingest.inputs import inspect_input
 from spaceport.ingest.stage import run_ingest
@@ -96,6 +97,9 @@ def _import_model(source: Path, dest: Path) -> None:
     if (previous / "sparse").is_dir():
         shutil.copytree(previous / "images", dest / "images")
         shutil.copytree(previous / "sparse", dest / "sparse")
+        manifest = source / "images" / MANIFEST_NAME  # its EXIF cameras decide appearance as they did there
+        if manifest.is_file():
+            shutil.copy2(manifest, dest / "images" / MANIFEST_NAME)
         return
     sparse = next((p for p in (source / "sparse" / "0", source / "sparse") if (p / "cameras.bin").exists()
                    or (p / "cameras.txt").exists()), None)

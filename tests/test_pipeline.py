@@ -12,10 +12,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import pycolmap
 import pytest
 from typer.testing import CliRunner
 
 from spaceport.cli import app
+from spaceport.splat.appearance import camera_label
 from tests.conftest import downscale_copy, monstree_photos
 
 runner = CliRunner()
@@ -227,6 +229,20 @@ def test_steps_train_from_a_colmap_model(sfm_workspace: Path, tmp_path: Path) ->
     assert (workspace / "train" / "splat.ply").exists() and (workspace / "compress" / "scene.sog").exists()
     assert json.loads((workspace / "report" / "report.json").read_text())["steps"] == "train"
     assert not (workspace / "images").exists()  # no ingest: the model's own images were used
+
+
+def test_steps_train_from_a_previous_workspace_keeps_its_cameras(sfm_workspace: Path, tmp_path: Path) -> None:
+    # the EXIF cameras of the first run's manifest decide appearance, not the COLMAP model's camera count
+    workspace = tmp_path / "W"
+    result = spaceport(str(sfm_workspace), "-o", str(workspace), "--steps", "train", *TINY_TRAIN)
+    assert result.exit_code == 0, result.output
+    assert (workspace / "input" / "images" / "frames.json").read_bytes() == \
+        (sfm_workspace / "images" / "frames.json").read_bytes()
+    frames = json.loads((sfm_workspace / "images" / "frames.json").read_text())["frames"]
+    exif_cameras = {camera_label(f["exif"]["make"], f["exif"]["model"]) for f in frames} - {None}
+    model_cameras = pycolmap.Reconstruction(str(sfm_workspace / "sfm" / "undistorted" / "sparse")).num_cameras()
+    assert len(exif_cameras) != model_cameras  # the test photos tell the two sources apart
+    assert f" {len(exif_cameras)} camera(s)" in (workspace / "logs" / "train.log").read_text()
 
 
 def _outputs(workspace: Path) -> dict[str, str]:

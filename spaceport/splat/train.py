@@ -31,6 +31,7 @@ from gsplat.strategy import DefaultStrategy, MCMCStrategy
 from gsplat.strategy.ops import reset_opa, sample_add
 
 from spaceport.devices import resolve_device
+from spaceport.formats.frames import MANIFEST_NAME
 from spaceport.formats.gaussians import SH_REST_COUNTS, write_ply
 from spaceport.progress import Progress
 from spaceport.splat.appearance import AppearanceDecision, AppearanceModel, decide_for_scene
@@ -399,7 +400,10 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
         f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
         f"backend {backend} on {device}, strategy {config.strategy} (budget {config.cap_max} Gaussians)"
     )
-    appearance = decide_for_scene(config.appearance, scene, ws.images_dir, model_dir)
+    # the ingest stage's manifest, or the one a previous workspace brought along (--steps train)
+    manifest_dir = next((folder for folder in (ws.images_dir, ws.input_dir / "images")
+                         if (folder / MANIFEST_NAME).is_file()), ws.images_dir)
+    appearance = decide_for_scene(config.appearance, scene, manifest_dir, model_dir)
     progress.log(f"train: {appearance.reason}")
     return TrainRun(config, scene, device, backend, make_strategy(config, device), ws.train_dir, progress,
                     appearance=appearance,
