@@ -6,8 +6,9 @@
     python bench/compress.py --devices cuda --sizes 100000,1000000,3000000 --st-sizes ""   # on the GPU
     python bench/compress.py --sizes 50000 --st-sizes 50000   # the 10x check against splat-transform
 
-With ``--workspace``: the workspace's trained ``train/splat.ply`` through our compress stage's code (default
-settings: pruning with the training cameras, SH band dropping, sort, quantization, WebP) and through
+With ``--workspace``: the workspace's trained ``train/splat.ply`` through our compress stage's code (the settings
+its job ran with, e.g. the GPU presets' pruning below 2 px, then any ``--set``: pruning with the training cameras,
+SH band dropping, sort, quantization, WebP) and through
 ``splat-transform -g cpu|N in.ply out.sog`` (its defaults: 10 SH k-means iterations), each timed as a whole
 PLY -> .sog conversion; both SOGs decoded by our reader and rendered at the held-out views
 (bench/compress_quality.py's measure): size, ratio, seconds, PSNR against the photos and against the
@@ -134,7 +135,10 @@ def side_by_side(args: argparse.Namespace, devices: list[str], config: dict) -> 
     from spaceport.workspace import Workspace
 
     ws = Workspace(args.workspace)
-    train = ws.read_job().config.get("train", {}) if ws.job_file.is_file() else {}
+    job_config = ws.read_job().config if ws.job_file.is_file() else {}
+    train = job_config.get("train", {})
+    # ours as the pipeline ran it on this workspace (its preset's compress settings), then the --set overrides
+    config = {**{k: v for k, v in job_config.get("compress", {}).items() if k != "device"}, **config}
     scene = load_scene(ws.undistorted_dir / "sparse", ws.undistorted_dir / "images",
                        max_width=train.get("max_image_width"), holdout_every=train.get("holdout_every", 8))
     held_out = {view.name for view in scene.test_views}
@@ -191,7 +195,7 @@ def side_by_side(args: argparse.Namespace, devices: list[str], config: dict) -> 
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                     "torch": torch.__version__},
         "workspace": str(args.workspace), "ply": str(ply), "num_gaussians": len(original),
-        "sh_degree": original.sh_degree, "held_out_views": sorted(held_out), "config_overrides": config,
+        "sh_degree": original.sh_degree, "held_out_views": sorted(held_out), "config": config,
         "splat_transform": {"version": "3.7.0", "gpu": args.st_gpu, "iterations": args.st_iterations},
         "rows": rows,
     }, indent=2) + "\n")
