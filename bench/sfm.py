@@ -3,6 +3,7 @@
     python bench/sfm.py                                   # monstree and liberty (liberty: ~15+ min on 2 cores)
     python bench/sfm.py --sets monstree --no-baseline
     python bench/sfm.py --sets liberty --per-group-extraction   # also time the old one-call-per-camera extraction
+    python bench/sfm.py --compare          # every row measured so far (this machine's and the GPU machine's files)
 
 For each set: a fresh ``spaceport run PHOTOS --steps sfm`` (its report's extract/match/map times, registered photos,
 mean reprojection error, focal spread, the device SIFT ran on), then the same ingested images through plain
@@ -43,9 +44,13 @@ def spaceport_row(name: str, photos: Path, workspace: Path, extra: list[str]) ->
     if not report_file.exists():
         row["error"] = completed.stderr[-2000:] + completed.stdout[-2000:]
         return row
-    report = json.loads(report_file.read_text())
+    return {**row, **report_row(json.loads(report_file.read_text()))}
+
+
+def report_row(report: dict[str, Any]) -> dict[str, Any]:
+    """A row's figures from spaceport's sfm/report.json."""
     focal = report.get("focal") or {}
-    row.update(extract_s=report["seconds"].get("extract"), match_s=report["seconds"].get("match"),
+    return dict(extract_s=report["seconds"].get("extract"), match_s=report["seconds"].get("match"),
                map_s=report["seconds"].get("map"), undistort_s=report["seconds"].get("undistort"),
                registered=report["registered"], total=report["total"],
                mean_error_px=round(report["mean_reprojection_error_px"], 3), cameras=report["cameras"],
@@ -55,7 +60,6 @@ def spaceport_row(name: str, photos: Path, workspace: Path, extra: list[str]) ->
                device=report.get("feature_device", "cpu"), warnings=report.get("warnings", []),
                removed=[p for p in report.get("left_out", []) if p["test"] in ("focal", "far", "few_points")],
                attempts=report.get("attempts", []))
-    return row
 
 
 def baseline_row(name: str, images: Path, work: Path, max_image_size: int) -> dict[str, Any]:
@@ -112,20 +116,38 @@ def _photos(images: Path) -> list[str]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'set':9} {'how':36} {'device':6} {'extract':>8} {'match':>8} {'map':>7} {'registered':>10} "
+    header = (f"{'set':9} {'how':52} {'device':6} {'extract':>8} {'match':>8} {'map':>7} {'registered':>10} "
               f"{'error':>7} {'cams':>5}  focal px (min/median/max), × long side")
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['set']:9} {row['how']:36} failed (exit {row.get('exit_code')})")
+            print(f"{row['set']:9} {row['how']:52} failed (exit {row.get('exit_code')})")
             continue
         focal = "/".join("–" if v is None else f"{v:,.0f}" for v in row.get("focal_px", []))
         fraction = "/".join("–" if v is None else f"{v:.2f}" for v in row.get("focal_fraction", []))
-        print(f"{row['set']:9} {row['how']:36} {row.get('device', ''):6} {_s(row.get('extract_s')):>8} "
+        print(f"{row['set']:9} {row['how']:52} {row.get('device', ''):6} {_s(row.get('extract_s')):>8} "
               f"{_s(row.get('match_s')):>8} {_s(row.get('map_s')):>7} "
               f"{row.get('registered', 0):>4}/{row.get('total', '?'):<5} {row.get('mean_error_px', 0):>7.3f} "
               f"{row.get('cameras', 0):>5}  {focal} px, {fraction}")
+
+
+def compare(results: Path) -> None:
+    """One table of every SfM row measured so far, CPU and GPU builds side by side: bench/sfm.py's result files,
+    and the sfm section of bench/e2e.py's files (a whole pipeline run, e.g. liberty on the GPU machine)."""
+    rows = []
+    for path in sorted(results.glob("sfm_*.json")):
+        measured = json.loads(path.read_text())
+        for row in measured["rows"]:
+            rows.append({**row, "how": f"{row['how']} [{measured.get('cpus', '?')} cores]"})
+    for path in sorted(results.glob("e2e_*.json")):
+        measured = json.loads(path.read_text())
+        report = measured.get("sfm")
+        if report and report.get("source") == "photos" and "focal" in report:
+            rows.append({"set": measured["name"], "how": f"spaceport run, {path.stem} [{measured.get('cpus')} cores]",
+                         **report_row(report)})
+    rows.sort(key=lambda row: (row["set"], row.get("device", ""), row["how"]))
+    print_table(rows)
 
 
 def _s(value: float | None) -> str:
@@ -140,7 +162,12 @@ def main() -> None:
                         help="also time one extraction call per photo (the extraction before issue 12)")
     parser.add_argument("--work", default="/tmp/spaceport_bench_sfm")
     parser.add_argument("--name", default=None, help="results file suffix (default: cuda or cpu)")
+    parser.add_argument("--compare", action="store_true",
+                        help="only print the rows already measured (bench/results), CPU and GPU side by side")
     args, extra = parser.parse_known_args()  # the rest goes to `spaceport run`
+    if args.compare:
+        compare(Path(__file__).parent / "results")
+        return
     work = Path(args.work)
     rows, extraction = [], {}
     for name in args.sets:
