@@ -15,6 +15,7 @@ from PIL import Image
 from spaceport.workspace import SpaceportError
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
+EXTENT_QUANTILE = 0.9  # of the cameras' and the points' distances: a few far ones do not set the scale
 
 
 @dataclass
@@ -65,9 +66,6 @@ class Scene:
     def to(self, device: torch.device | str) -> Scene:
         return Scene([v.to(device) for v in self.train_views], [v.to(device) for v in self.test_views],
                      self.points, self.colors, self.extent)
-
-
-EXTENT_QUANTILE = 0.9
 
 
 def check_model_dir(model_dir: Path, images_dir: Path) -> None:
