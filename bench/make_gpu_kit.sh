@@ -36,7 +36,8 @@ tar cJf .gpu/cu12.tar.xz -C "$work/cu" sitecu debs
 mkdir -p "$work/node/bin"; cp "$(command -v node)" "$work/node/bin/"
 cp -a tests/js/node_modules "$work/node/node_modules"
 (cd "$work/node/node_modules" && rm -f webgpu/dist/*.dll webgpu/dist/darwin* webgpu/dist/linux-arm64* \
-  webgpu/dist/win32* && find . -name "*.map" -delete)
+  webgpu/dist/win32* && find . -name "*.map" -delete \
+  && find playcanvas/build \( -name "*.dbg*" -o -name "*.prf*" -o -name "*.min*" \) -prune -exec rm -rf {} +)
 tar cJf .gpu/nodekit.tar.xz -C "$work/node" bin node_modules
 rm -rf "$work"
 ls -la .gpu
