@@ -1,6 +1,7 @@
 # Issues 13 and 14 on the lent GPU in two calls, the second within 30 s of the first (the machine stays warm).
 # Logs and JSON go to $OUT.
 #   bash bench/gpu_monstree.sh train            carry .gpu/site_nogsplat.tar.xz .gpu/gsplat_kit.tar.xz .data_monstree
+#                                               (or the gsplat wheel instead of the kit: it builds, ~80 s)
 #       the GPU fast-path tests, monstree photos -> SOG with `standard`, the compression variants on that splat, the
 #       1M-Gaussian throughput row with its profile, and the plain recipe (PLAIN_STEPS, default 10000)
 #   bash bench/gpu_monstree.sh splat-transform  carry .gpu/nodekit.tar.xz .gl
@@ -15,6 +16,8 @@ if [ "$1" = train ]; then
   source bench/gpu_env.sh
   { timeout 200 python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tail -25; } > "$OUT/log_gpu_tests.txt"
   tail -3 "$OUT/log_gpu_tests.txt"
+  # without a kit gsplat was just built: send the build back for `bash bench/make_gpu_kit.sh kit torch_ext.tgz`
+  [ -f .gpu/gsplat_kit.tar.xz ] || tar czf "$OUT/torch_ext.tgz" -C /tmp torch_ext
   timeout 200 python3 bench/e2e.py .data_monstree --name monstree > "$OUT/log_e2e.txt" 2>&1
   grep -E "held-out|time:" "$OUT/log_e2e.txt" | tail -4
   cp "$(ls $WS/train/renders/*.png | head -1)" "$OUT/render0.png"
