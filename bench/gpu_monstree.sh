@@ -6,8 +6,7 @@
 #       1M-Gaussian throughput row with its profile, and the plain recipe (PLAIN_STEPS, default 10000)
 #   bash bench/gpu_monstree.sh splat-transform  carry .gpu/nodekit.tar.xz .gl
 #       ours (as the job ran: the preset's compress settings) and splat-transform 3.7.0 on WebGPU on the same splat.
-#       It unpacks GL libraries and re-runs ldconfig: keep it after the timed training runs (a training run after
-#       it ran at a third of its speed once)
+#       It unpacks GL libraries into / and re-runs ldconfig for the WebGPU path: keep it after the timed runs
 set -o pipefail
 OUT=${OUT:-/tmp/spaceport_bench_out}
 mkdir -p "$OUT"
@@ -33,7 +32,9 @@ elif [ "$1" = splat-transform ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   [ -f $icd ] && export VK_DRIVER_FILES=$icd
-  export PYTHONPATH=$PWD:/tmp/site TORCH_EXTENSIONS_DIR=/tmp/torch_ext PYTHONUNBUFFERED=1
+  # gpu_env.sh's variables without unpacking again; another TORCH_CUDA_ARCH_LIST would make torch rebuild gsplat
+  export PYTHONPATH=$PWD:/tmp/site TORCH_EXTENSIONS_DIR=/tmp/torch_ext MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
+  export PYTHONUNBUFFERED=1
   tar xJf .gpu/nodekit.tar.xz -C /tmp; export PATH=/tmp/bin:$PATH
   rm -rf tests/js/node_modules; ln -s /tmp/node_modules tests/js/node_modules
   timeout 300 python3 bench/compress.py --workspace $WS --devices cpu,cuda --threads 16 --st-gpu 0 --st-iterations -1 \
