@@ -3,8 +3,8 @@
 #   bash bench/gpu_monstree.sh train            carry .gpu/site_nogsplat.tar.xz .gpu/gsplat_kit.tar.xz .data_monstree
 #                                               (or the gsplat wheel instead of the kit: it builds, ~80 s)
 #       the GPU fast-path tests, monstree photos -> SOG with `standard`, the compression variants on that splat, the
-#       1M-Gaussian throughput row with its profile, and the plain recipe (PLAIN_STEPS, default 10000)
-#   bash bench/gpu_monstree.sh splat-transform  carry .gpu/nodekit.tar.xz .gl
+#       1M-Gaussian throughput row with its profile, and the plain recipe (PLAIN_STEPS, default 10000; 0: not run)
+#   bash bench/gpu_monstree.sh splat-transform  carry .gpu/nodekit.tar.xz .gpu/gl
 #       ours (as the job ran: the preset's compress settings) and splat-transform 3.7.0 on WebGPU on the same splat.
 #       It unpacks GL libraries into / and re-runs ldconfig for the WebGPU path: keep it after the timed runs
 set -o pipefail
@@ -26,10 +26,11 @@ if [ "$1" = train ]; then
     --out "$OUT/compress_quality.json" > "$OUT/log_cq.txt" 2>&1; tail -6 "$OUT/log_cq.txt"
   timeout 100 python3 bench/train_gpu.py --workspace $WS --runs throughput --profile --throughput-steps 1500 \
     --json "$OUT/train_gpu.json" > "$OUT/log_train_gpu.txt" 2>&1
+  [ "${PLAIN_STEPS:-10000}" = 0 ] && exit 0  # PLAIN_STEPS=0: no side-by-side run (it takes ~4 minutes)
   timeout 320 python3 bench/train_gpu.py --workspace $WS --runs standard plain --plain-steps "${PLAIN_STEPS:-10000}" \
     --json "$OUT/train_gpu.json" >> "$OUT/log_train_gpu.txt" 2>&1; tail -8 "$OUT/log_train_gpu.txt"
 elif [ "$1" = splat-transform ]; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  for f in .gpu/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
   icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   [ -f $icd ] && export VK_DRIVER_FILES=$icd
   # gpu_env.sh's variables without unpacking again; another TORCH_CUDA_ARCH_LIST would make torch rebuild gsplat

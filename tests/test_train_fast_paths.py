@@ -214,6 +214,19 @@ def test_budget_follows_the_training_pixels_and_mcmc_growth_reaches_it():
     assert fit_to_scene(config.model_copy(update={"cap_max": 20_000}), scene).cap_max == 20_000  # the upper bound
 
 
+def test_photos_of_varying_appearance_get_the_lower_budget():
+    views = [view_of_size(1000, 500)] * 4  # 2 megapixels: 100k Gaussians by the pixels
+    scene = Scene(views, [], np.zeros((1000, 3), np.float32), np.zeros((1000, 3), np.float32), 1.0)
+    config = small_config(strategy="mcmc", gaussians_per_megapixel=50_000, cap_max=3_000_000,
+                          varying_appearance_cap=30_000)
+    assert fit_to_scene(config, scene).cap_max == 100_000  # consistent photos: the pixels decide
+    fitted = fit_to_scene(config, scene, varying_appearance=True)
+    assert fitted.cap_max == 30_000
+    assert fit_to_scene(fitted, scene, varying_appearance=True) == fitted
+    uncapped = config.model_copy(update={"varying_appearance_cap": None})
+    assert fit_to_scene(uncapped, scene, varying_appearance=True).cap_max == 100_000
+
+
 # -- real runs ----------------------------------------------------------------------------------------
 
 

@@ -78,6 +78,11 @@ class TrainConfig(BaseModel):
         description="budget from the photos: this many Gaussians per megapixel of training images, at most "
         "cap_max; None: cap_max",
     )
+    varying_appearance_cap: int | None = Field(
+        None, ge=1,
+        description="a lower budget when per-photo appearance is on (several cameras or exposures): their changing "
+        "lighting and passers-by are what extra Gaussians learn there; None: no other cap",
+    )
     mcmc_grow_factor: float | None = Field(
         None, gt=1.0,
         description="MCMC: Gaussians multiply by this at each refinement until the budget; None: the factor that "

@@ -393,17 +393,17 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
                        seed=config.seed).to(device)
     if config.scene_extent is not None:
         scene = dataclasses.replace(scene, extent=config.scene_extent)
-    config = fit_to_scene(config, scene)
+    # the ingest stage's manifest, or the one a previous workspace brought along (--steps train)
+    manifest_dir = next((folder for folder in (ws.images_dir, ws.input_dir / "images")
+                         if (folder / MANIFEST_NAME).is_file()), ws.images_dir)
+    appearance = decide_for_scene(config.appearance, scene, manifest_dir, model_dir)
+    config = fit_to_scene(config, scene, varying_appearance=appearance.kind != "none")
     first = scene.train_views[0]
     progress.log(
         f"train: {len(scene.train_views)} training / {len(scene.test_views)} held-out views at "
         f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
         f"backend {backend} on {device}, strategy {config.strategy} (budget {config.cap_max} Gaussians)"
     )
-    # the ingest stage's manifest, or the one a previous workspace brought along (--steps train)
-    manifest_dir = next((folder for folder in (ws.images_dir, ws.input_dir / "images")
-                         if (folder / MANIFEST_NAME).is_file()), ws.images_dir)
-    appearance = decide_for_scene(config.appearance, scene, manifest_dir, model_dir)
     progress.log(f"train: {appearance.reason}")
     return TrainRun(config, scene, device, backend, make_strategy(config, device), ws.train_dir, progress,
                     appearance=appearance,
@@ -412,15 +412,20 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
                     view_order=EpochOrder(len(scene.train_views), config.seed))
 
 
-def fit_to_scene(config: TrainConfig, scene: Scene) -> TrainConfig:
-    """The budget from the training pixels (``gaussians_per_megapixel``, at most ``cap_max``) and, for MCMC
-    without a set ``mcmc_grow_factor``, the growth that reaches it after ``GROW_TO_BUDGET_BY`` of the
-    refinements. Idempotent: a checkpoint's config fits again to itself."""
+def fit_to_scene(config: TrainConfig, scene: Scene, varying_appearance: bool = False) -> TrainConfig:
+    """The budget from the training pixels (``gaussians_per_megapixel``, at most ``cap_max``, and at most
+    ``varying_appearance_cap`` where the photos' appearance varies) and, for MCMC without a set
+    ``mcmc_grow_factor``, the growth that reaches it after ``GROW_TO_BUDGET_BY`` of the refinements.
+    Idempotent: a checkpoint's config fits again to itself."""
     updates: dict[str, Any] = {}
     cap = config.cap_max
     if config.gaussians_per_megapixel is not None:
         megapixels = sum(view.width * view.height for view in scene.train_views) / 1e6
-        cap = updates["cap_max"] = max(1, min(config.cap_max, round(megapixels * config.gaussians_per_megapixel)))
+        cap = max(1, min(cap, round(megapixels * config.gaussians_per_megapixel)))
+    if varying_appearance and config.varying_appearance_cap is not None:
+        cap = min(cap, config.varying_appearance_cap)
+    if cap != config.cap_max:
+        updates["cap_max"] = cap
     if config.strategy == "mcmc" and config.mcmc_grow_factor is None:
         first = (config.refine_start // config.refine_every + 1) * config.refine_every
         refinements = len(range(first, config.refine_stop, config.refine_every))

@@ -28,9 +28,14 @@ def render_gsplat(
     use)."""
     from gsplat import rasterization  # imported here: CPU-only installs never need it
 
-    return rasterization(
+    # gsplat 1.5.3's packed path rejects (C, 3) backgrounds (it checks them against its packed shapes), so there
+    # the background is composited here: the same colour + (1 - alpha) * background gsplat computes
+    colors_out, alphas, info = rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
-        packed=packed, backgrounds=backgrounds, render_mode="RGB", absgrad=absgrad,
+        packed=packed, backgrounds=None if packed else backgrounds, render_mode="RGB", absgrad=absgrad,
         rasterize_mode="classic", camera_model="pinhole",
     )
+    if packed and backgrounds is not None:
+        colors_out = colors_out + (1.0 - alphas) * backgrounds[:, None, None, :]
+    return colors_out, alphas, info
