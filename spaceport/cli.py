@@ -762,7 +762,8 @@ def jobs_cancel(job_id: str = _job_id_argument(), server: str = _server_option()
 def jobs_download(
     job_id: str = _job_id_argument(),
     name: str | None = typer.Argument(None, help="scene.sog | splat.ply | sparse.zip | report.json | report.html | "
-                                                 "logs.zip; every one the job has when left out"),
+                                                 "logs.zip | scene.spz | scene.splat | scene.compressed.ply (made "
+                                                 "on first download); every one the job has when left out"),
     output: Path | None = typer.Option(None, "-o", "--output", help="folder to write into (default: ./JOB_ID)"),
     server: str = _server_option(),
     key: str | None = _key_option(),

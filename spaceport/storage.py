@@ -22,6 +22,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -108,6 +109,11 @@ class Storage:
     def exists(self, rel: str | PurePosixPath) -> bool:
         """True when ``rel`` is a file, or a folder/prefix holding at least one file."""
         return bool(self.fs.exists(self._path(rel)))
+
+    def modified(self, rel: str | PurePosixPath) -> datetime:
+        """When the file ``rel`` was last written (timezone-aware, UTC)."""
+        stamp = self.fs.modified(self._path(rel))
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
     def list(self, prefix: str | PurePosixPath = "") -> list[str]:
         """Every file under ``prefix`` (recursively), as sorted paths relative to the root; ``[prefix]`` when

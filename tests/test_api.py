@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -15,11 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from typer.testing import CliRunner
 
 from spaceport.api import create_app
+from spaceport.api.artifacts import EXPORT_INPUTS
+from spaceport.compress.export import export_splat
+from spaceport.formats.compressed_ply import read_compressed_ply
+from spaceport.formats.gaussians import read_ply, write_ply
+from spaceport.formats.splat import read_splat
+from spaceport.formats.spz import read_spz
 from spaceport.jobs.store import Store, open_store
 from spaceport.settings import Settings
 from tests.conftest import downscale_copy, monstree_photos
@@ -423,6 +431,56 @@ def test_artifacts_are_listed_and_served_and_names_cannot_escape(service: Servic
         assert "secret" not in response.text
 
 
+def copy_export_inputs(preview_workspace: Path, workspace: Path) -> dict[str, bytes]:
+    """The files an export reads of the shared preview run, copied into a job's workspace; {rel: bytes}."""
+    files = {}
+    for rel in EXPORT_INPUTS:
+        source = preview_workspace / rel
+        for file in [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()):
+            files[file.relative_to(preview_workspace).as_posix()] = file.read_bytes()
+    for rel, data in files.items():
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / rel).write_bytes(data)
+    return files
+
+
+def test_exports_are_made_on_first_download_and_remade_when_the_splat_changes(
+        service: Service, alice: httpx.Client, preview_workspace: Path, tmp_path: Path) -> None:
+    job_id = s3_job(alice)["id"]
+    workspace = service.settings.data_dir / "workspaces" / job_id
+    copy_export_inputs(preview_workspace, workspace)
+    service.store.claim_next_job("w")
+    service.store.set_state(job_id, "succeeded", worker_id="w")
+    listed = {item["name"]: item for item in alice.get(f"/v1/jobs/{job_id}").json()["artifacts"]}
+    assert {"splat.ply", "scene.spz", "scene.splat", "scene.compressed.ply"} <= set(listed)
+    assert listed["scene.spz"]["size"] is None  # not made yet
+
+    expected = export_splat(preview_workspace, "spz", tmp_path / "cli.spz").read_bytes()  # what the CLI writes
+    assert alice.get(listed["scene.spz"]["url"]).content == expected
+    cached = workspace / "export" / "scene.spz"
+    made_at = cached.stat().st_mtime_ns
+    relisted = {item["name"]: item for item in alice.get(f"/v1/jobs/{job_id}").json()["artifacts"]}
+    assert relisted["scene.spz"]["size"] == len(expected)
+    assert alice.get(listed["scene.spz"]["url"]).content == expected and cached.stat().st_mtime_ns == made_at
+
+    retrained = read_ply(workspace / "train" / "splat.ply").subset(np.arange(500))
+    write_ply(workspace / "train" / "splat.ply", retrained)
+    os.utime(workspace / "train" / "splat.ply", ns=(made_at + 10**9, made_at + 10**9))
+    remade = read_spz_bytes(alice.get(listed["scene.spz"]["url"]).content, tmp_path)
+    assert 0 < len(remade.means) <= 500
+
+    for name, reader in (("scene.splat", read_splat), ("scene.compressed.ply", read_compressed_ply)):
+        response = alice.get(listed[name]["url"])
+        assert response.status_code == 200, response.text
+        (tmp_path / name).write_bytes(response.content)
+        assert 0 < len(reader(tmp_path / name).means) <= 500
+
+
+def read_spz_bytes(data: bytes, folder: Path):  # noqa: ANN201
+    (folder / "got.spz").write_bytes(data)
+    return read_spz(folder / "got.spz")
+
+
 def test_metrics_in_prometheus_text(service: Service, alice: httpx.Client) -> None:
     first, second = s3_job(alice)["id"], s3_job(alice)["id"]
     store = service.store
@@ -450,7 +508,7 @@ def test_openapi_documents_both_request_bodies(service: Service) -> None:
 
 
 def test_with_s3_storage_uploads_and_artifacts_go_through_the_bucket(
-        s3_server: S3Server, tmp_path: Path, photos: list[Path]) -> None:
+        s3_server: S3Server, tmp_path: Path, photos: list[Path], preview_workspace: Path) -> None:
     bucket = s3_server.make_bucket()
     settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/spaceport",
                         s3_endpoint_url=s3_server.endpoint_url, max_upload_bytes=200_000)
@@ -474,3 +532,11 @@ def test_with_s3_storage_uploads_and_artifacts_go_through_the_bucket(
             assert alice.get(listed["scene.sog"]["url"]).content == b"SOG" * 10
             sparse = zipfile.ZipFile(io.BytesIO(alice.get(listed["sparse.zip"]["url"]).content))
             assert sparse.namelist() == ["cameras.bin"]
+            # an export is made from the splat in the bucket and kept there
+            copy_export_inputs(preview_workspace, tmp_path / "ws")
+            for file in sorted(p for p in (tmp_path / "ws").rglob("*") if p.is_file()):
+                s3_server.put_object(bucket, f"spaceport/{job['id']}/{file.relative_to(tmp_path / 'ws').as_posix()}",
+                                     file.read_bytes())
+            expected = export_splat(preview_workspace, "splat", tmp_path / "cli.splat").read_bytes()
+            assert alice.get(f"/v1/jobs/{job['id']}/artifacts/scene.splat").content == expected
+            assert f"spaceport/{job['id']}/export/scene.splat" in s3_server.keys(bucket, f"spaceport/{job['id']}/")

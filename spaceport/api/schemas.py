@@ -71,7 +71,8 @@ class JobCreate(BaseModel):
 
 class Artifact(BaseModel):
     name: str
-    size: int | None = Field(None, description="bytes; None for archives made on demand (sparse.zip, logs.zip)")
+    size: int | None = Field(None, description="bytes; None for files made on download (sparse.zip, logs.zip, and "
+                             "scene.spz, scene.splat, scene.compressed.ply until their first download)")
     url: str
 
 

@@ -1,13 +1,22 @@
-"""GET /v1/jobs/{id}/artifacts/{name}: scene.sog, splat.ply, sparse.zip, report.json, report.html, logs.zip."""
+"""GET /v1/jobs/{id}/artifacts/{name}: scene.sog, splat.ply, sparse.zip, report.json, report.html, logs.zip, and
+scene.spz, scene.splat, scene.compressed.ply (made from the trained splat on first download)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
-from spaceport.api.artifacts import ARTIFACTS, artifact_size, iter_file, workspace_storage, zip_folder
+from spaceport.api.artifacts import (
+    ARTIFACTS,
+    artifact_size,
+    ensure_export,
+    iter_file,
+    workspace_storage,
+    zip_folder,
+)
 from spaceport.api.deps import job_by_key_or_link
 from spaceport.api.schemas import Problem
+from spaceport.errors import SpaceportError
 from spaceport.jobs.models import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
@@ -25,6 +34,11 @@ def download_artifact(name: str, request: Request, job: Job = Depends(job_by_key
         where = f"stage {job.stage}" if job.stage else "no stage yet"
         raise HTTPException(404, f"{name} of job {job.id} is not there (the job is {job.state}, {where}; "
                                  f"steps={job.steps}): wait for the stage that makes it, or check the job's steps")
+    if spec.export_format is not None:
+        try:
+            ensure_export(storage, spec)
+        except SpaceportError as exc:  # e.g. a damaged splat: the message names the file
+            raise HTTPException(500, f"cannot make {name} of job {job.id}: {exc}") from exc
     disposition = "inline" if name == "report.html" else "attachment"
     headers = {"Content-Disposition": f'{disposition}; filename="{job.id}-{name}"'}
     if spec.zipped:

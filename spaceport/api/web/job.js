@@ -11,7 +11,10 @@ const ARTIFACT_NOTES = {
     'sparse.zip': 'COLMAP model: cameras, images, points3D',
     'report.html': 'Report page',
     'report.json': 'Report figures (JSON)',
-    'logs.zip': 'Logs of every stage'
+    'logs.zip': 'Logs of every stage',
+    'scene.spz': 'Niantic SPZ (made on first download)',
+    'scene.splat': 'antimatter15 .splat, no higher SH bands (made on first download)',
+    'scene.compressed.ply': 'PlayCanvas / SuperSplat compressed PLY (made on first download)'
 };
 const LINK_REFRESH_MS = 10 * 60 * 1000; // links carry a token valid for an hour: rewrite them well before
 
@@ -188,7 +191,8 @@ class JobPage {
             return element('tr', {},
                 element('td', {}, element('span', { className: 'mono' }, artifact.name),
                     element('span', { className: 'sub' }, ARTIFACT_NOTES[artifact.name] ?? '')),
-                element('td', { className: 'num' }, artifact.size === null ? 'archive' : formatBytes(artifact.size)),
+                element('td', { className: 'num' }, artifact.size === null
+                    ? (artifact.name.endsWith('.zip') ? 'archive' : 'on download') : formatBytes(artifact.size)),
                 element('td', { className: 'actions' }, element('a', {
                     className: 'button small', href, download: `${this.jobId}-${artifact.name}`,
                     'aria-label': `Download ${artifact.name}`
