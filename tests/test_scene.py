@@ -12,7 +12,15 @@ from PIL import Image
 
 from spaceport.formats.gaussians import random_gaussians
 from spaceport.splat.model import gaussians_from_points
-from spaceport.splat.scene import View, camera_extent, load_scene, points_extent, scene_extent
+from spaceport.splat.scene import (
+    View,
+    background_shell,
+    camera_extent,
+    fibonacci_sphere,
+    load_scene,
+    points_extent,
+    scene_extent,
+)
 from spaceport.workspace import SpaceportError, Workspace
 from tests.synthetic import write_synthetic_scene
 
@@ -188,3 +196,38 @@ def test_extent_follows_a_compact_subject_seen_from_afar():
     walls = rng.uniform(-8, 8, size=(2000, 3))
     near_ring = [_viewmat_at(np.array([np.cos(a), 0.0, np.sin(a)])) for a in angles]
     assert scene_extent(near_ring, walls) == pytest.approx(camera_extent(near_ring))
+
+
+def looking_along_z(colour: tuple[int, int, int], size: int = 40) -> View:
+    """A camera at the origin looking down +z, its photo one flat colour."""
+    image = torch.tensor(colour, dtype=torch.uint8).expand(size, size, 3).contiguous()
+    K = torch.tensor([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]], dtype=torch.float32)
+    return View("flat.jpg", image, K, torch.eye(4))
+
+
+def test_fibonacci_sphere_is_even_and_unit():
+    directions = fibonacci_sphere(2000)
+    assert np.allclose(np.linalg.norm(directions, axis=1), 1.0)
+    assert np.abs(directions.mean(axis=0)).max() < 0.01  # no side favoured
+    assert (directions[:, 2] > 0.5).mean() == pytest.approx(0.25, abs=0.01)  # a cap's share of the area
+
+
+def test_background_shell_encloses_the_cameras_and_takes_the_photos_colours():
+    points = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32) * 0.1 + [0, 0, 5]
+    view = looking_along_z((200, 100, 50))
+    shell, colours = background_shell(points, [view], 4000, radius_factor=3.0)
+    centre = np.median(points, axis=0)
+    radii = np.linalg.norm(shell - centre, axis=1)
+    assert np.allclose(radii, radii[0], rtol=1e-5) and radii[0] == pytest.approx(3.0 * 5.0, rel=0.02)
+    ahead = project_inside(view, shell)
+    assert ahead.sum() > 50
+    assert np.allclose(colours[ahead], np.array([200, 100, 50]) / 255.0, atol=1e-6)
+    assert np.allclose(colours[~ahead], 0.5)  # unseen: grey
+    assert background_shell(points, [view], 0)[0].shape == (0, 3)
+
+
+def project_inside(view: View, xyz: np.ndarray) -> np.ndarray:
+    uv_depth = xyz @ view.K.double().numpy().T
+    in_front = uv_depth[:, 2] > 0
+    u, v = (uv_depth[:, :2] / np.where(in_front, uv_depth[:, 2], 1.0)[:, None]).T
+    return in_front & (u >= 0) & (u < view.width) & (v >= 0) & (v < view.height)

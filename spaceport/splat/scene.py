@@ -16,6 +16,7 @@ from spaceport.workspace import SpaceportError
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 EXTENT_QUANTILE = 0.9  # of the cameras' and the points' distances: a few far ones do not set the scale
+SHELL_RADIUS_FACTOR = 3.0  # the background shell's radius, in units of the cameras' / points' reach
 
 
 @dataclass
@@ -197,3 +198,52 @@ def camera_extent(viewmats: list[torch.Tensor], quantile: float = EXTENT_QUANTIL
     distances = (centres - centres.median(dim=0).values).norm(dim=1)
     radius = torch.quantile(distances, quantile).item()
     return max(radius * 1.1, 1e-6)
+
+
+def background_shell(points: np.ndarray, views: list[View], count: int,
+                     radius_factor: float = SHELL_RADIUS_FACTOR) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` points on a sphere around the scene and their colours, for what lies beyond the sparse points
+    (sky, far trees). SfM finds no points there, so without them the splat paints the sky with Gaussians close to
+    the subject, which hang in front of it in other views. Centre: the sparse points' median; radius:
+    ``radius_factor`` times the farther of the cameras' and the points' 0.9-quantile distance from it, so the
+    shell encloses the cameras. Directions: a Fibonacci lattice (even and deterministic). Colour: the mean of the
+    training photos' pixels where a point lands, grey where no photo sees it. Returns float32 (count, 3) arrays."""
+    if count == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+    centre = np.median(points, axis=0) if len(points) else np.zeros(3)
+    camera_centres = np.stack([torch.linalg.inv(view.viewmat.double().cpu())[:3, 3].numpy() for view in views])
+    reach = max(np.quantile(np.linalg.norm(camera_centres - centre, axis=1), EXTENT_QUANTILE),
+                np.quantile(np.linalg.norm(points - centre, axis=1), EXTENT_QUANTILE) if len(points) else 0.0)
+    shell = centre + radius_factor * max(float(reach), 1e-6) * fibonacci_sphere(count)
+    return shell.astype(np.float32), mean_pixel_colours(shell, views).astype(np.float32)
+
+
+def fibonacci_sphere(count: int) -> np.ndarray:
+    """``count`` unit vectors spread evenly over the sphere."""
+    index = np.arange(count) + 0.5
+    z = 1.0 - 2.0 * index / count
+    azimuth = math.pi * (1.0 + 5.0 ** 0.5) * index
+    ring = np.sqrt(1.0 - z * z)
+    return np.stack([ring * np.cos(azimuth), ring * np.sin(azimuth), z], axis=1)
+
+
+def mean_pixel_colours(world_points: np.ndarray, views: list[View]) -> np.ndarray:
+    """The mean colour in [0, 1] of the pixels each point projects to, over the views that see it (0.5 grey
+    where none does)."""
+    total = np.zeros((len(world_points), 3))
+    seen = np.zeros(len(world_points))
+    homogeneous = np.concatenate([world_points, np.ones((len(world_points), 1))], axis=1)
+    for view in views:
+        camera = homogeneous @ view.viewmat.double().cpu().numpy().T
+        depth = camera[:, 2]
+        in_front = depth > 1e-9
+        pixels = camera[:, :3] @ view.K.double().cpu().numpy().T
+        u = np.floor(pixels[:, 0] / np.where(in_front, depth, 1.0)).astype(np.int64)
+        v = np.floor(pixels[:, 1] / np.where(in_front, depth, 1.0)).astype(np.int64)
+        inside = in_front & (u >= 0) & (u < view.width) & (v >= 0) & (v < view.height)
+        image = view.image.cpu().numpy()
+        total[inside] += image[v[inside], u[inside]] / 255.0
+        seen[inside] += 1
+    colours = np.full((len(world_points), 3), 0.5)
+    colours[seen > 0] = total[seen > 0] / seen[seen > 0, None]
+    return colours

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import gsplat
+import numpy as np
 import torch
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
 from gsplat.strategy.ops import reset_opa, sample_add
@@ -49,7 +50,7 @@ from spaceport.splat.model import (
 )
 from spaceport.splat.profiling import NULL_TIMER, NullTimer, StepProfiler, StepTimer
 from spaceport.splat.render import resolve_backend
-from spaceport.splat.scene import Scene, View, check_model_dir, load_scene
+from spaceport.splat.scene import Scene, View, background_shell, check_model_dir, load_scene
 from spaceport.splat.ssim import resolve_ssim_kernel, ssim
 from spaceport.splat.strategy_cpu import CpuMCMCStrategy
 from spaceport.workspace import (
@@ -390,9 +391,14 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
         raise SpaceportError(f"train.ssim_kernel: {exc}") from exc
     scene = load_scene(model_dir, images_dir, max_width=config.max_image_width,
                        holdout_every=config.holdout_every, max_points=config.max_init_points,
-                       seed=config.seed).to(device)
+                       seed=config.seed)
     if config.scene_extent is not None:
         scene = dataclasses.replace(scene, extent=config.scene_extent)
+    if config.background_points:
+        shell, shell_colours = background_shell(scene.points, scene.train_views, config.background_points)
+        scene = dataclasses.replace(scene, points=np.concatenate([scene.points, shell]),
+                                    colors=np.concatenate([scene.colors, shell_colours]))
+    scene = scene.to(device)
     # the ingest stage's manifest, or the one a previous workspace brought along (--steps train)
     manifest_dir = next((folder for folder in (ws.images_dir, ws.input_dir / "images")
                          if (folder / MANIFEST_NAME).is_file()), ws.images_dir)
