@@ -407,7 +407,9 @@ def prepare_run(ws: Workspace, config: TrainConfig, progress: Progress) -> Train
     first = scene.train_views[0]
     progress.log(
         f"train: {len(scene.train_views)} training / {len(scene.test_views)} held-out views at "
-        f"{first.width}x{first.height}, {len(scene.points)} sparse points, extent {scene.extent:.3g}, "
+        f"{first.width}x{first.height}, {len(scene.points) - config.background_points} sparse points"
+        f"{f' and {config.background_points} on the background shell' if config.background_points else ''}, "
+        f"extent {scene.extent:.3g}, "
         f"backend {backend} on {device}, strategy {config.strategy} (budget {config.cap_max} Gaussians)"
     )
     progress.log(f"train: {appearance.reason}")
