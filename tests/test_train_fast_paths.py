@@ -22,6 +22,7 @@ from spaceport.splat.train import (
     BudgetedDefaultStrategy,
     EpochOrder,
     fit_to_scene,
+    prepare_run,
     resolution_factor_at,
     resolution_levels,
     run_train,
@@ -269,6 +270,17 @@ def test_early_stop_ends_the_run_and_a_rerun_stays_stopped(workspace):  # noqa: 
     assert (workspace.train_dir / "ckpt" / "step_000030.pt").is_file()
     again = run_train(workspace, config, NullProgress())
     assert again.metrics["resumed_from_step"] == 30 and again.metrics["steps"] == 30
+
+
+def test_background_shell_joins_the_initial_gaussians(larger_source, tmp_path):
+    ws = Workspace(tmp_path / "shell")
+    shutil.copytree(larger_source, ws.root)
+    run = prepare_run(ws, small_config(steps=10, background_points=30), NullProgress())
+    assert len(run.scene.points) == 40 + 30  # the synthetic scene's sparse points, then the shell
+    sparse, shell = run.scene.points[:40], run.scene.points[40:]
+    centre = np.median(sparse, axis=0)
+    assert np.linalg.norm(shell - centre, axis=1).min() > 2 * np.linalg.norm(sparse - centre, axis=1).max()
+    assert math.isfinite(run_train(ws, small_config(steps=10, background_points=30), NullProgress()).metrics["psnr"])
 
 
 def test_profiler_times_every_part_of_the_steps_it_covers(workspace):  # noqa: F811
