@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from spaceport.api import create_app
-from spaceport.api.artifacts import EXPORT_INPUTS
+from spaceport.api.artifacts import EXPORT_INPUTS, TRAINED_SPLAT
 from spaceport.compress.export import export_splat
 from spaceport.formats.compressed_ply import read_compressed_ply
 from spaceport.formats.gaussians import read_ply, write_ply
@@ -434,7 +435,7 @@ def test_artifacts_are_listed_and_served_and_names_cannot_escape(service: Servic
 def copy_export_inputs(preview_workspace: Path, workspace: Path) -> dict[str, bytes]:
     """The files an export reads of the shared preview run, copied into a job's workspace; {rel: bytes}."""
     files = {}
-    for rel in EXPORT_INPUTS:
+    for rel in (TRAINED_SPLAT, *EXPORT_INPUTS):
         source = preview_workspace / rel
         for file in [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()):
             files[file.relative_to(preview_workspace).as_posix()] = file.read_bytes()
@@ -474,6 +475,23 @@ def test_exports_are_made_on_first_download_and_remade_when_the_splat_changes(
         assert response.status_code == 200, response.text
         (tmp_path / name).write_bytes(response.content)
         assert 0 < len(reader(tmp_path / name).means) <= 500
+
+
+def test_a_compress_only_job_exports_the_ply_it_started_from(
+        service: Service, alice: httpx.Client, preview_workspace: Path, tmp_path: Path) -> None:
+    job_id = s3_job(alice)["id"]
+    workspace = service.settings.data_dir / "workspaces" / job_id
+    (workspace / "input").mkdir(parents=True)
+    shutil.copyfile(preview_workspace / TRAINED_SPLAT, workspace / "input" / "scan.ply")
+    service.store.claim_next_job("w")
+    service.store.set_state(job_id, "succeeded", worker_id="w")
+    listed = {item["name"]: item for item in alice.get(f"/v1/jobs/{job_id}").json()["artifacts"]}
+    assert listed["scene.splat"]["size"] is None and "splat.ply" not in listed
+    expected = export_splat(preview_workspace / TRAINED_SPLAT, "splat", tmp_path / "cli.splat").read_bytes()
+    assert alice.get(listed["scene.splat"]["url"]).content == expected  # a bare .ply: nothing to prune with
+    (workspace / "input" / "second.ply").write_bytes(b"ply")
+    relisted = {item["name"] for item in alice.get(f"/v1/jobs/{job_id}").json()["artifacts"]}
+    assert "scene.splat" not in relisted  # two .ply files: which one is meant is not known
 
 
 def read_spz_bytes(data: bytes, folder: Path):  # noqa: ANN201

@@ -1,8 +1,8 @@
 """A job's downloadable results, read from its workspace (a local folder or object storage).
 
-The other formats viewers read (.spz, .splat, PlayCanvas' compressed PLY) are made from the trained splat on their
-first download, by the code of ``spaceport export``, and kept in the workspace's ``export/`` folder until the
-splat changes.
+The other formats viewers read (.spz, .splat, PlayCanvas' compressed PLY) are made from the trained splat (or the
+.ply a compress-only job started from) on their first download, by the code of ``spaceport export``, and kept in
+the workspace's ``export/`` folder until that splat changes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import IO, Any
 from fastapi import Request
 
 from spaceport.api.schemas import Artifact
+from spaceport.errors import SpaceportError
 from spaceport.jobs.models import Job
 from spaceport.storage import Storage, open_storage
 
@@ -29,12 +30,13 @@ class ArtifactSpec:
     path: str  # in the workspace: a file, or a folder zipped on demand
     media_type: str
     zipped: bool = False
-    export_format: str | None = None  # made from EXPORT_SOURCE on first download (spaceport export's formats)
+    export_format: str | None = None  # made from export_source() on first download (spaceport export's formats)
 
 
-EXPORT_SOURCE = "train/splat.ply"
-# what an export reads of a workspace: the splat, the job's compress settings, the training cameras it prunes with
-EXPORT_INPUTS = ("job.json", EXPORT_SOURCE, "train/eval.json", "sfm/undistorted/sparse")
+TRAINED_SPLAT = "train/splat.ply"
+# what an export reads of a workspace besides its splat: the job's compress settings, the training cameras it
+# prunes with
+EXPORT_INPUTS = ("job.json", "train/eval.json", "sfm/undistorted/sparse")
 
 ARTIFACTS: dict[str, ArtifactSpec] = {spec.name: spec for spec in (
     ArtifactSpec("scene.sog", "compress/scene.sog", "application/octet-stream"),
@@ -60,9 +62,10 @@ def artifact_size(storage: Storage, spec: ArtifactSpec) -> int | None | bool:
     if spec.zipped:
         return None if storage.list(spec.path) else False
     if spec.export_format is not None:
-        if not storage.exists(EXPORT_SOURCE):
+        source = export_source(storage)
+        if source is None:
             return False
-        if not export_is_fresh(storage, spec):
+        if not export_is_fresh(storage, spec, source):
             return None
     try:
         return int(storage.fs.size(f"{storage.root.rstrip('/')}/{spec.path}"))
@@ -70,31 +73,47 @@ def artifact_size(storage: Storage, spec: ArtifactSpec) -> int | None | bool:
         return False
 
 
-def export_is_fresh(storage: Storage, spec: ArtifactSpec) -> bool:
+def export_source(storage: Storage) -> str | None:
+    """The splat exports are made from, as ``spaceport export WORKSPACE`` picks it: the trained splat, else the one
+    .ply a compress-only job started from; None when there is neither."""
+    if storage.exists(TRAINED_SPLAT):
+        return TRAINED_SPLAT
+    uploaded = [rel for rel in storage.list("input") if PurePosixPath(rel).parent.as_posix() == "input"
+                and rel.lower().endswith(".ply")]
+    return uploaded[0] if len(uploaded) == 1 else None
+
+
+def export_is_fresh(storage: Storage, spec: ArtifactSpec, source: str) -> bool:
     """True when the export is there and no older than the splat it was made from."""
-    return storage.exists(spec.path) and storage.modified(spec.path) >= storage.modified(EXPORT_SOURCE)
+    return storage.exists(spec.path) and storage.modified(spec.path) >= storage.modified(source)
 
 
 def ensure_export(storage: Storage, spec: ArtifactSpec) -> None:
-    """Make the export artifact ``spec`` from the workspace's trained splat unless a fresh one is there. Two
-    requests at once may both make it; each file lands whole (see ``Storage.put_file``), so either is served."""
+    """Make the export artifact ``spec`` from the workspace's splat unless a fresh one is there. Two requests at
+    once may both make it; each file lands whole (see ``Storage.put_file``), so either is served."""
     from spaceport.compress.export import export_splat  # torch and the encoders: loaded on the first export
 
-    if export_is_fresh(storage, spec):
+    source = export_source(storage)
+    if source is None:
+        raise SpaceportError(f"{storage.url()}: no trained splat ({TRAINED_SPLAT}) nor uploaded .ply to export")
+    if export_is_fresh(storage, spec, source):
         return
     with tempfile.TemporaryDirectory(prefix="spaceport-export-") as tmp:
-        workspace = Path(storage.root) if storage.is_local else fetch_export_inputs(storage, Path(tmp) / "workspace")
+        workspace = Path(tmp) / "workspace"
+        if storage.is_local:
+            workspace = Path(storage.root)
+        else:
+            fetch_export_inputs(storage, source, workspace)
         output = Path(tmp) / PurePosixPath(spec.path).name
         export_splat(workspace, spec.export_format, output)
         storage.put_file(output, spec.path)
 
 
-def fetch_export_inputs(storage: Storage, folder: Path) -> Path:
+def fetch_export_inputs(storage: Storage, source: str, folder: Path) -> None:
     """A local copy of what an export reads of a workspace in object storage (not its photos)."""
-    for rel in EXPORT_INPUTS:
+    for rel in (source, *EXPORT_INPUTS):
         for file in storage.list(rel):
             storage.get_file(file, folder / file)
-    return folder
 
 
 def list_artifacts(job: Job, request: Request) -> list[Artifact]:
