@@ -22,6 +22,7 @@ import pytest
 
 from spaceport.api.deps import issue_link_token, read_link_token
 from spaceport.formats.gaussians import random_gaussians, write_ply
+from spaceport.formats.spz import read_spz
 from tests.browser import viewer_screenshot, wait_for_viewer
 from tests.processes import ServiceProcess, service_env
 
@@ -355,6 +356,13 @@ def test_the_job_page_embeds_the_report_and_opens_the_viewer(page, service: Page
     page.locator("#job-badge .badge.succeeded").wait_for(timeout=JOB_TIMEOUT_MS)
     page.get_by_role("link", name="Download scene.sog").wait_for(timeout=UI_TIMEOUT_MS)
     assert "makes no report" in page.locator("#report").inner_text()
+    # the other formats are offered, made on their first download
+    spz_row = page.locator("#artifacts tr", has_text="scene.spz")
+    assert "on\u00a0download" in spz_row.inner_text() and "Niantic" in spz_row.inner_text()
+    save_screenshot(page, "job_artifacts.png", tmp_path)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download scene.spz").click()
+    assert len(read_spz(Path(download.value.path())).means) == 2000  # a bare .ply: nothing pruned
 
     # a report in the workspace is embedded, sandboxed, through a link token
     report = service.data / "workspaces" / job_id / "report" / "index.html"

@@ -192,7 +192,7 @@ class JobPage {
                 element('td', {}, element('span', { className: 'mono' }, artifact.name),
                     element('span', { className: 'sub' }, ARTIFACT_NOTES[artifact.name] ?? '')),
                 element('td', { className: 'num' }, artifact.size === null
-                    ? (artifact.name.endsWith('.zip') ? 'archive' : 'on download') : formatBytes(artifact.size)),
+                    ? (artifact.name.endsWith('.zip') ? 'archive' : 'on\u00a0download') : formatBytes(artifact.size)),
                 element('td', { className: 'actions' }, element('a', {
                     className: 'button small', href, download: `${this.jobId}-${artifact.name}`,
                     'aria-label': `Download ${artifact.name}`
