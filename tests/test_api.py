@@ -494,6 +494,24 @@ def test_a_compress_only_job_exports_the_ply_it_started_from(
     assert "scene.splat" not in relisted  # two .ply files: which one is meant is not known
 
 
+def test_a_damaged_splat_gets_an_error_naming_it_and_no_export(
+        s3_server: S3Server, tmp_path: Path, preview_workspace: Path) -> None:
+    bucket = s3_server.make_bucket()
+    settings = Settings(data_dir=tmp_path / "data", storage_url=f"s3://{bucket}/spaceport",
+                        s3_endpoint_url=s3_server.endpoint_url)
+    with make_service(settings) as service, service.client(service.alice) as alice:
+        job_id = s3_job(alice)["id"]
+        truncated = (preview_workspace / TRAINED_SPLAT).read_bytes()[:5000]
+        s3_server.put_object(bucket, f"spaceport/{job_id}/{TRAINED_SPLAT}", truncated)
+        service.store.claim_next_job("w")
+        service.store.set_state(job_id, "succeeded", worker_id="w")
+        response = alice.get(f"/v1/jobs/{job_id}/artifacts/scene.spz")
+        assert response.status_code == 500
+        detail = response.json()["detail"]
+        assert f"s3://{bucket}/spaceport/{job_id}/{TRAINED_SPLAT}" in detail and "/tmp/" not in detail, detail
+        assert not [key for key in s3_server.keys(bucket, f"spaceport/{job_id}/") if "/export/" in key]
+
+
 def read_spz_bytes(data: bytes, folder: Path):  # noqa: ANN201
     (folder / "got.spz").write_bytes(data)
     return read_spz(folder / "got.spz")

@@ -105,7 +105,10 @@ def ensure_export(storage: Storage, spec: ArtifactSpec) -> None:
         else:
             fetch_export_inputs(storage, source, workspace)
         output = Path(tmp) / PurePosixPath(spec.path).name
-        export_splat(workspace, spec.export_format, output)
+        try:
+            export_splat(workspace, spec.export_format, output)
+        except SpaceportError as exc:  # name the workspace's file, not the local copy of it
+            raise SpaceportError(str(exc).replace(str(workspace), storage.url())) from exc
         storage.put_file(output, spec.path)
 
 
