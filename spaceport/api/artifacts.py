@@ -58,7 +58,7 @@ def workspace_storage(job: Job, request: Request) -> Storage:
 
 def artifact_size(storage: Storage, spec: ArtifactSpec) -> int | None | bool:
     """Size in bytes of a file artifact, None for a present zipped folder or an export not made yet, False when
-    absent (an export: when the workspace has no trained splat)."""
+    absent (an export: when the workspace has no splat to make it from, see ``export_source``)."""
     if spec.zipped:
         return None if storage.list(spec.path) else False
     if spec.export_format is not None:
