@@ -6,8 +6,8 @@
 #                         bash bench/make_gpu_kit.sh kit /work/.device/N/torch_ext.tgz
 #   cu12.tar.xz           pycolmap-cuda12 (GPU SIFT) with the CUDA 12 runtime and libSM/libICE (Debian .debs)
 #   nodekit.tar.xz        node and tests/js/node_modules (splat-transform 3.7.0) without other platforms' binaries
-#   gl/                   Debian .debs of the Vulkan loader and the X libraries NVIDIA's Vulkan driver links, for
-#                         splat-transform's WebGPU path (the GPU machine's image has neither)
+#   gl/                   Debian .debs of the Vulkan loader, libglvnd and the X libraries NVIDIA's Vulkan driver
+#                         (libGLX_nvidia) links, for splat-transform's WebGPU path (the GPU machine's image has none)
 set -euo pipefail
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
@@ -35,8 +35,8 @@ rm -f "$work"/cu/sitecu/nvidia/cuda_runtime/lib/*.a
 (cd "$work/cu12" && apt-get download libsm6 libice6 >/dev/null 2>&1)
 for deb in "$work"/cu12/*.deb; do dpkg -x "$deb" "$work/cu/debs"; done
 tar cJf .gpu/cu12.tar.xz -C "$work/cu" sitecu debs
-mkdir -p .gpu/gl; (cd .gpu/gl && apt-get download libvulkan1 libx11-6 libx11-data libx11-xcb1 libxext6 libxcb1 \
-  libxau6 libxdmcp6 libbsd0 libmd0 libxrandr2 libxrender1 libxi6 libxfixes3 >/dev/null 2>&1)
+mkdir -p .gpu/gl; (cd .gpu/gl && apt-get download libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libx11-6 libx11-data \
+  libx11-xcb1 libxext6 libxcb1 libxau6 libxdmcp6 libbsd0 libmd0 libxrandr2 libxrender1 libxi6 libxfixes3 >/dev/null 2>&1)
 mkdir -p "$work/node/bin"; cp "$(command -v node)" "$work/node/bin/"
 cp -a tests/js/node_modules "$work/node/node_modules"
 (cd "$work/node/node_modules" && rm -f webgpu/dist/*.dll webgpu/dist/darwin* webgpu/dist/linux-arm64* \
