@@ -227,7 +227,6 @@ def test_background_shell_encloses_the_cameras_and_takes_the_photos_colours():
 
 
 def project_inside(view: View, xyz: np.ndarray) -> np.ndarray:
-    uv_depth = xyz @ view.K.double().numpy().T
-    in_front = uv_depth[:, 2] > 0
-    u, v = (uv_depth[:, :2] / np.where(in_front, uv_depth[:, 2], 1.0)[:, None]).T
-    return in_front & (u >= 0) & (u < view.width) & (v >= 0) & (v < view.height)
+    depth = xyz @ view.viewmat[2, :3].double().numpy() + float(view.viewmat[2, 3])
+    u, v = project(view, xyz).T
+    return (depth > 0) & (u >= 0) & (u < view.width) & (v >= 0) & (v < view.height)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from spaceport.splat.render.projection import camera_centers
 from spaceport.workspace import SpaceportError
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
@@ -194,7 +195,7 @@ def camera_extent(viewmats: list[torch.Tensor], quantile: float = EXTENT_QUANTIL
     few photos taken from far away (common in internet collections: 9.3 against a median of 3.7 in liberty) do
     not scale up the position learning rate of the whole scene. On an orbit the two barely differ.
     """
-    centres = torch.stack([torch.linalg.inv(m.double())[:3, 3] for m in viewmats])
+    centres = camera_centers(torch.stack(viewmats).double())
     distances = (centres - centres.median(dim=0).values).norm(dim=1)
     radius = torch.quantile(distances, quantile).item()
     return max(radius * 1.1, 1e-6)
@@ -211,7 +212,7 @@ def background_shell(points: np.ndarray, views: list[View], count: int,
     if count == 0:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
     centre = np.median(points, axis=0) if len(points) else np.zeros(3)
-    camera_centres = np.stack([torch.linalg.inv(view.viewmat.double().cpu())[:3, 3].numpy() for view in views])
+    camera_centres = camera_centers(torch.stack([view.viewmat.cpu() for view in views]).double()).numpy()
     reach = max(np.quantile(np.linalg.norm(camera_centres - centre, axis=1), EXTENT_QUANTILE),
                 np.quantile(np.linalg.norm(points - centre, axis=1), EXTENT_QUANTILE) if len(points) else 0.0)
     shell = centre + radius_factor * max(float(reach), 1e-6) * fibonacci_sphere(count)
