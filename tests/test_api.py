@@ -483,6 +483,8 @@ def test_a_compress_only_job_exports_the_ply_it_started_from(
     workspace = service.settings.data_dir / "workspaces" / job_id
     (workspace / "input").mkdir(parents=True)
     shutil.copyfile(preview_workspace / TRAINED_SPLAT, workspace / "input" / "scan.ply")
+    (workspace / "compress").mkdir()  # its SOG, quantized and pruned: the .ply is the better source
+    shutil.copyfile(preview_workspace / "compress" / "scene.sog", workspace / "compress" / "scene.sog")
     service.store.claim_next_job("w")
     service.store.set_state(job_id, "succeeded", worker_id="w")
     listed = {item["name"]: item for item in alice.get(f"/v1/jobs/{job_id}").json()["artifacts"]}

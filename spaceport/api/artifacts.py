@@ -75,7 +75,8 @@ def artifact_size(storage: Storage, spec: ArtifactSpec) -> int | None | bool:
 
 def export_source(storage: Storage) -> str | None:
     """The splat exports are made from, as ``spaceport export WORKSPACE`` picks it: the trained splat, else the one
-    .ply a compress-only job started from; None when there is neither."""
+    .ply a compress-only job started from; None when there is neither (a workspace with only a SOG, which the
+    command would still export, offers no exports here)."""
     if storage.exists(TRAINED_SPLAT):
         return TRAINED_SPLAT
     uploaded = [rel for rel in storage.list("input") if PurePosixPath(rel).parent.as_posix() == "input"

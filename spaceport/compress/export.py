@@ -3,8 +3,8 @@
 Formats: ``sog`` (PlayCanvas SOG, our encoder), ``ply`` (INRIA 3DGS PLY, lossless), ``compressed-ply``
 (PlayCanvas/SuperSplat), ``spz`` (Niantic, version 3), ``splat`` (antimatter15's viewer; no higher SH bands).
 
-From a workspace the source is its trained ``train/splat.ply`` (else its ``compress/scene.sog``, else the
-``.ply`` the job started from). Every format but ``ply`` gets the compress stage's reduction first (pruning with
+From a workspace the source is its trained ``train/splat.ply`` (else the ``.ply`` the job started from, else its
+``compress/scene.sog``). Every format but ``ply`` gets the compress stage's reduction first (pruning with
 the workspace's training cameras, per-Gaussian SH band dropping), with the workspace's own compress settings
 when its job.json holds valid ones; ``ply`` is the splat as it is.
 """
@@ -54,13 +54,11 @@ def export_source(target: str | Path) -> tuple[Path, Workspace | None]:
     target = Path(target)
     if target.is_dir():
         ws = Workspace(target)
-        if ws.splat_ply.is_file():
-            return ws.splat_ply, ws
-        if ws.sog_path.is_file():
-            return ws.sog_path, ws
-        try:
+        try:  # train/splat.ply, else the one .ply a compress-only job started from: lossless, before its SOG
             return find_input_ply(ws), ws
         except SpaceportError as exc:
+            if ws.sog_path.is_file():
+                return ws.sog_path, ws
             raise SpaceportError(f"{target}: no splat to export ({exc})") from exc
     return target, None
 
