@@ -5,8 +5,11 @@
 #                         from a first run's TORCH_EXTENSIONS_DIR, which saves the ~80 s build): 7.4 MB with xz
 #   or gsplat-1.5.3-py3-none-any.whl (and optionally torch_ext.tgz) when there is no kit yet
 set -e
-tar xJf .gpu/site_nogsplat.tar.xz -C /tmp
-if [ -f .gpu/gsplat_kit.tar.xz ]; then
+if [ -d /tmp/site/gsplat ] && [ -d /tmp/torch_ext ]; then
+  :  # a warm machine's earlier call unpacked and built them (unpacking the wheel again would make gsplat rebuild)
+elif ! tar xJf .gpu/site_nogsplat.tar.xz -C /tmp; then
+  echo "carry .gpu/site_nogsplat.tar.xz (and the gsplat kit or wheel): /tmp/site is not there" >&2; false
+elif [ -f .gpu/gsplat_kit.tar.xz ]; then
   tar xJf .gpu/gsplat_kit.tar.xz -C /tmp
   cp -a /tmp/gsplat_site/. /tmp/site/  # cp -a keeps the wheel's old mtimes, so ninja finds the carried build fresh
 else

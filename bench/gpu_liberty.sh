@@ -15,6 +15,8 @@ WS=/tmp/spaceport_e2e_liberty
 timeout 430 python3 bench/e2e.py .data_liberty --name liberty > "$OUT/log_e2e_liberty.txt" 2>&1
 grep -E "sfm|held-out|train:|time:|registered|focal" "$OUT/log_e2e_liberty.txt" | tail -40
 cp $WS/sfm/report.json "$OUT/sfm_report_liberty.json"
+# without a kit gsplat was just built: send the build back for `bash bench/make_gpu_kit.sh kit torch_ext.tgz`
+[ -f .gpu/gsplat_kit.tar.xz ] || tar czf "$OUT/torch_ext.tgz" -C /tmp torch_ext
 for f in $(ls $WS/train/renders/*.png | head -2); do cp "$f" "$OUT/liberty_$(basename "$f")"; done
 if [ $# -gt 0 ]; then
   timeout 110 python3 bench/train_gpu.py --workspace $WS --runs standard --label variant "$@" --set num_renders=0 \

@@ -56,13 +56,12 @@ def workspace_storage(job: Job, request: Request) -> Storage:
     return open_storage(job.workspace_url, request.app.state.settings.s3_endpoint_url)
 
 
-def artifact_size(storage: Storage, spec: ArtifactSpec) -> int | None | bool:
+def artifact_size(storage: Storage, spec: ArtifactSpec, source: str | None) -> int | None | bool:
     """Size in bytes of a file artifact, None for a present zipped folder or an export not made yet, False when
-    absent (an export: when the workspace has no splat to make it from, see ``export_source``)."""
+    absent (an export: when ``source``, the workspace's ``export_source``, is None)."""
     if spec.zipped:
         return None if storage.list(spec.path) else False
     if spec.export_format is not None:
-        source = export_source(storage)
         if source is None:
             return False
         if not export_is_fresh(storage, spec, source):
@@ -89,12 +88,12 @@ def export_is_fresh(storage: Storage, spec: ArtifactSpec, source: str) -> bool:
     return storage.exists(spec.path) and storage.modified(spec.path) >= storage.modified(source)
 
 
-def ensure_export(storage: Storage, spec: ArtifactSpec) -> None:
-    """Make the export artifact ``spec`` from the workspace's splat unless a fresh one is there. Two requests at
-    once may both make it; each file lands whole (see ``Storage.put_file``), so either is served."""
+def ensure_export(storage: Storage, spec: ArtifactSpec, source: str | None) -> None:
+    """Make the export artifact ``spec`` from ``source`` (the workspace's ``export_source``) unless a fresh one is
+    there. Two requests at once may both make it; each file lands whole (see ``Storage.put_file``), so either is
+    served."""
     from spaceport.compress.export import export_splat  # torch and the encoders: loaded on the first export
 
-    source = export_source(storage)
     if source is None:
         raise SpaceportError(f"{storage.url()}: no trained splat ({TRAINED_SPLAT}) nor uploaded .ply to export")
     if export_is_fresh(storage, spec, source):
@@ -120,18 +119,20 @@ def fetch_export_inputs(storage: Storage, source: str, folder: Path) -> None:
             storage.get_file(file, folder / file)
 
 
+def present_artifacts(storage: Storage) -> list[tuple[ArtifactSpec, int | None]]:
+    """Each artifact the workspace offers now, with its size (see ``artifact_size``)."""
+    source = export_source(storage)  # once per listing: each look is a request on object storage
+    sizes = [(spec, artifact_size(storage, spec, source)) for spec in ARTIFACTS.values()]
+    return [(spec, size) for spec, size in sizes if size is not False]
+
+
 def list_artifacts(job: Job, request: Request) -> list[Artifact]:
     """The artifacts present in the job's workspace now, with their download URLs."""
     if job.state == "queued" and job.started_at is None:
         return []
-    storage = workspace_storage(job, request)
-    found = []
-    for spec in ARTIFACTS.values():
-        size = artifact_size(storage, spec)
-        if size is not False:
-            url = str(request.url_for("download_artifact", job_id=job.id, name=spec.name))
-            found.append(Artifact(name=spec.name, size=size, url=url))
-    return found
+    return [Artifact(name=spec.name, size=size,
+                     url=str(request.url_for("download_artifact", job_id=job.id, name=spec.name)))
+            for spec, size in present_artifacts(workspace_storage(job, request))]
 
 
 def iter_file(handle: IO[bytes]) -> Iterator[bytes]:

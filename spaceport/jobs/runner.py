@@ -333,16 +333,15 @@ def job_summary(settings: Settings, job: Job) -> dict[str, Any]:
 
 
 def list_job_artifacts(settings: Settings, job: Job) -> list[dict[str, Any]]:
-    from spaceport.api.artifacts import ARTIFACTS, artifact_size
+    from spaceport.api.artifacts import present_artifacts
 
     try:
-        storage = open_storage(job.workspace_url, settings.s3_endpoint_url)
-        found = [(spec.name, artifact_size(storage, spec)) for spec in ARTIFACTS.values()]
+        found = present_artifacts(open_storage(job.workspace_url, settings.s3_endpoint_url))
     except (OSError, SpaceportError) as exc:
         log.warning("job %s: artifacts not listed: %s", job.id, exc)
         return []
-    return [{"name": name, "size": size, "url": artifact_url(settings, job.id, name)}
-            for name, size in found if size is not False]
+    return [{"name": spec.name, "size": size, "url": artifact_url(settings, job.id, spec.name)}
+            for spec, size in found]
 
 
 def notify_job_end(store: Store, settings: Settings, job: Job) -> None:

@@ -10,6 +10,7 @@ from spaceport.api.artifacts import (
     ARTIFACTS,
     artifact_size,
     ensure_export,
+    export_source,
     iter_file,
     workspace_storage,
     zip_folder,
@@ -30,13 +31,14 @@ def download_artifact(name: str, request: Request, job: Job = Depends(job_by_key
     if spec is None:  # a fixed list: no name from the request ever becomes a path
         raise HTTPException(404, f"artifact {name!r} does not exist: ask for one of {', '.join(ARTIFACTS)}")
     storage = workspace_storage(job, request)
-    if artifact_size(storage, spec) is False:
+    source = export_source(storage) if spec.export_format is not None else None
+    if artifact_size(storage, spec, source) is False:
         where = f"stage {job.stage}" if job.stage else "no stage yet"
         raise HTTPException(404, f"{name} of job {job.id} is not there (the job is {job.state}, {where}; "
                                  f"steps={job.steps}): wait for the stage that makes it, or check the job's steps")
     if spec.export_format is not None:
         try:
-            ensure_export(storage, spec)
+            ensure_export(storage, spec, source)
         except SpaceportError as exc:  # e.g. a damaged splat: the message names the file
             raise HTTPException(500, f"cannot make {name} of job {job.id}: {exc}") from exc
     disposition = "inline" if name == "report.html" else "attachment"
