@@ -76,7 +76,7 @@ def run(
     output: Path = typer.Option(..., "-o", "--output", help="workspace folder (created; re-run to resume)"),
     steps: str = typer.Option("full", help="full | sfm | train | compress"),
     preset: str = typer.Option(
-        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, more time for the last dB)"),
+        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, longer, coarse to fine)"),
     force: list[str] = typer.Option([], "--force", help="redo this stage (and the later ones); repeatable"),
     set_: list[str] = typer.Option([], "--set", help="any setting as STAGE.FIELD=VALUE (see spaceport config); "
                                                      "repeatable"),
@@ -649,7 +649,7 @@ def jobs_submit(
     steps: str | None = typer.Option(None, help="full | sfm | train | compress; default: compress for a .ply, train "
                                                 "for a folder with images/ + sparse/, full otherwise"),
     preset: str = typer.Option(
-        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, more time for the last dB)"),
+        "standard", help="preview (CPU-sized) | standard (GPU, ~2 min) | quality (GPU, longer, coarse to fine)"),
     set_: list[str] = typer.Option([], "--set", help="any setting as STAGE.FIELD=VALUE (see spaceport config); "
                                                      "repeatable"),
     email: str | None = typer.Option(None, "--email", help="e-mail this address when the job ends"),
