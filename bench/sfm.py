@@ -3,6 +3,7 @@
     python bench/sfm.py                                   # monstree and liberty (liberty: ~15+ min on 2 cores)
     python bench/sfm.py --sets monstree --no-baseline
     python bench/sfm.py --sets liberty --per-group-extraction   # also time the old one-call-per-camera extraction
+    python bench/sfm.py --sets liberty --no-baseline --name cpu_liberty_sequential --matcher sequential
     python bench/sfm.py --compare          # every row measured so far (this machine's and the GPU machine's files)
 
 For each set: a fresh ``spaceport run PHOTOS --steps sfm`` (its report's extract/match/map times, registered photos,
@@ -38,7 +39,8 @@ def spaceport_row(name: str, photos: Path, workspace: Path, extra: list[str]) ->
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    row: dict[str, Any] = {"set": name, "how": "spaceport sfm", "command": " ".join(command[2:]),
+    how = " ".join(["spaceport sfm", *extra])
+    row: dict[str, Any] = {"set": name, "how": how, "command": " ".join(command[2:]),
                            "exit_code": completed.returncode, "wall_s": round(wall, 1)}
     report_file = workspace / "sfm" / "report.json"
     if not report_file.exists():
