@@ -63,7 +63,23 @@ def test_photos_that_do_not_overlap_fail_and_are_listed(tmp_path: Path) -> None:
     assert "registered 0 of 3 photos" in message and "do not overlap" in message
     assert "noise.jpg" in message and "IMG_1025.jpg" in message
     assert "incremental mapper" in message and "global mapper" in message  # the other mapper was tried too
+    assert "--mapper global" not in message  # so it is not advised
     assert not (ws.sfm_dir / "report.json").exists()
+
+
+def test_a_fragment_from_a_neighbour_matcher_points_to_exhaustive_matching() -> None:
+    from spaceport.formats.sfm import MappingAttempt
+    from spaceport.sfm.colmap import attempts_tried, fragment_hint
+    from spaceport.sfm.mapping import Outcome
+
+    tried = [Outcome(attempt=MappingAttempt(mapper="global", camera_mode="per-image", registered=0, removed=0,
+                                            seconds=1.0), model_sizes=[103, 10])]
+    assert attempts_tried(tried) == "global mapper with per-image cameras: 103 mapped, 0 kept"
+    for matcher in ("sequential", "spatial"):  # liberty with --matcher sequential: 44 of 135 photos
+        assert "--matcher exhaustive" in fragment_hint(matcher, "photos", tried, SfmConfig(), "otherwise")
+    video = fragment_hint("sequential", "video", tried, SfmConfig(), "otherwise")  # frames in order: not the matcher
+    assert video == "otherwise"
+    assert fragment_hint("exhaustive", "photos", [], SfmConfig(), "otherwise") == "Try --mapper global. otherwise"
 
 
 def test_too_few_images_is_a_clear_error(tmp_path: Path) -> None:

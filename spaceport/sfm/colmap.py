@@ -167,7 +167,7 @@ def _reconstruct(ws: Workspace, frames: FramesManifest, config: SfmConfig, progr
     def map_and_write() -> None:
         best, outcomes = map_with_attempts(database, ws.images_dir, ws.sfm_dir / "models", frames, camera_mode,
                                            config, progress)
-        _check_registered(ws, frames, best, outcomes, config)
+        _check_registered(ws, frames, best, outcomes, config, matcher)
         upright = make_upright(best.model, config.up)
         _write_model(ws, best.model)
         atomic_write_json(ws.sfm_dir / "models.json", {
@@ -204,22 +204,38 @@ def _read_models(ws: Workspace, config: SfmConfig) -> dict[str, Any]:
 
 
 def _check_registered(ws: Workspace, frames: FramesManifest, best: Outcome, outcomes: list[Outcome],
-                      config: SfmConfig) -> None:
+                      config: SfmConfig, matcher: str) -> None:
     """Refuse what training cannot use: fewer than 3 photos, or a fragment of the collection."""
     total = len(frames.frames)
-    tried = "; ".join(f"{o.attempt.mapper} mapper with {o.attempt.camera_mode} cameras: {o.registered}"
-                      for o in outcomes)
     out = [photo.name for photo in best.left_out]
     if best.registered < MIN_REGISTERED:
         raise SpaceportError(
             f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (needs at least {MIN_REGISTERED}); "
-            f"the photos do not overlap enough (tried: {tried}). Unregistered: {', '.join(out)}. "
-            "Take photos with ~60% overlap, moving around the subject.")
+            f"the photos do not overlap enough (tried: {attempts_tried(outcomes)}). Unregistered: {', '.join(out)}. "
+            + fragment_hint(matcher, frames.kind, outcomes, config, "Take photos with ~60% overlap, moving around "
+                            "the subject."))
     if best.registered < config.min_registered_fraction * total:
         raise SpaceportError(
-            f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (models: {best.model_sizes}; "
-            f"tried: {tried}); refusing to train on a fragment. Try --mapper global, another --camera-mode, or "
-            f"lower --min-registered (now {config.min_registered_fraction}). Unregistered: {', '.join(out[:20])}")
+            f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (tried: "
+            f"{attempts_tried(outcomes)}); refusing to train on a fragment. "
+            + fragment_hint(matcher, frames.kind, outcomes, config, "Try another --camera-mode, or lower "
+                            f"--min-registered (now {config.min_registered_fraction}).")
+            + f" Unregistered: {', '.join(out[:20])}")
+
+
+def attempts_tried(outcomes: list[Outcome]) -> str:
+    """Each mapping attempt: the photos in its largest model and how many of them the camera check kept."""
+    return "; ".join(f"{o.attempt.mapper} mapper with {o.attempt.camera_mode} cameras: "
+                     f"{o.model_sizes[0] if o.model_sizes else 0} mapped, {o.registered} kept" for o in outcomes)
+
+
+def fragment_hint(matcher: str, kind: str, outcomes: list[Outcome], config: SfmConfig, otherwise: str) -> str:
+    """What to change when too few photos registered: the matcher first when it paired only some photos."""
+    if matcher in ("sequential", "spatial") and kind != "video":
+        return (f"The {matcher} matcher paired each photo only with its neighbours (by name or GPS): photos taken "
+                "in no order need --matcher exhaustive (or vocabtree with --vocab-tree).")
+    tried_global = any(o.attempt.mapper == "global" for o in outcomes)
+    return ("" if tried_global or config.mapper == "global" else "Try --mapper global. ") + otherwise
 
 
 def _report(model: pycolmap.Reconstruction, **fields: Any) -> SfmReport:
