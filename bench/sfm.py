@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -44,9 +45,17 @@ def spaceport_row(name: str, photos: Path, workspace: Path, extra: list[str]) ->
                            "exit_code": completed.returncode, "wall_s": round(wall, 1)}
     report_file = workspace / "sfm" / "report.json"
     if not report_file.exists():
-        row["error"] = completed.stderr[-2000:] + completed.stdout[-2000:]
-        return row
+        return {**row, **failure_row(workspace, completed.stderr[-2000:] + completed.stdout[-2000:])}
     return {**row, **report_row(json.loads(report_file.read_text()))}
+
+
+def failure_row(workspace: Path, error: str) -> dict[str, Any]:
+    """A failed run's step times (sfm/steps.json) and, from its error, how many photos the best model held."""
+    steps_file = workspace / "sfm" / "steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    held = re.search(r"SfM registered (\d+) of (\d+) photos", error)
+    return {"error": error, "extract_s": steps.get("extract"), "match_s": steps.get("match"),
+            "registered": int(held[1]) if held else None, "total": int(held[2]) if held else None}
 
 
 def report_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +133,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['set']:9} {row['how']:52} failed (exit {row.get('exit_code')})")
+            print(f"{row['set']:9} {row['how']:52} {'':6} {_s(row.get('extract_s')):>8} {_s(row.get('match_s')):>8} "
+                  f"failed (exit {row.get('exit_code')}): the best model held {row.get('registered')}/"
+                  f"{row.get('total')} photos")
             continue
         focal = "/".join("–" if v is None else f"{v:,.0f}" for v in row.get("focal_px", []))
         fraction = "/".join("–" if v is None else f"{v:.2f}" for v in row.get("focal_fraction", []))
@@ -141,7 +152,7 @@ def compare(results: Path) -> None:
     for path in sorted(results.glob("sfm_*.json")):
         measured = json.loads(path.read_text())
         for row in measured["rows"]:
-            rows.append({**row, "how": f"{row['how']} [{measured.get('cpus', '?')} cores]"})
+            rows.append({**row, "how": f"{row['how']} [{measured.get('cpus', '?')} cores, {measured.get('date')}]"})
     for path in sorted(results.glob("e2e_*.json")):
         measured = json.loads(path.read_text())
         report = measured.get("sfm")
