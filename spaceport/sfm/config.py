@@ -24,7 +24,10 @@ class SfmConfig(BaseModel):
     pair; liberty's 9,045 pairs took 626 s on 2 cores, 101 s on 16, where CPU geometric verification is the cost,
     GPU or not); above that ``vocabtree`` when a tree file is given (``vocab_tree_path``), else ``spatial`` when
     most photos carry GPS, else ``sequential`` (neighbours in name order, ``sequential_overlap`` of them; video
-    frames always match sequentially).
+    frames always match sequentially). The neighbour matchers need photos in order or with GPS: liberty (taken in
+    no order, 19 of 135 with GPS) with ``sequential`` matched in 100 s but its best model held 44 photos, with
+    ``spatial`` 3; monstree (23 photos in capture order, all with GPS) registered 22 with ``sequential`` (18 s),
+    23 with ``spatial`` (46 s) and ``exhaustive`` (39 s) (bench/sfm.py, 2 cores, 2026-12-02).
 
     ``mapper``: ``incremental`` (COLMAP's, registers one photo at a time; liberty 85 s on 2 cores, plus ~40 s for
     the per-photo focal lengths and the camera check) or ``global`` (GLOMAP inside COLMAP: rotation averaging then
