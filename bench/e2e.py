@@ -50,6 +50,9 @@ def main() -> None:
     sfm_report = workspace / "sfm" / "report.json"
     if sfm_report.exists():
         result["sfm"] = json.loads(sfm_report.read_text())
+    evaluation = workspace / "train" / "eval.json"
+    if evaluation.exists():  # held-out PSNR/SSIM per photo: which views the average hides
+        result["held_out"] = json.loads(evaluation.read_text())
     print_table(result)
     out_dirs = [Path("bench/results")] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     for folder in out_dirs:
