@@ -75,6 +75,9 @@ def test_a_fragment_from_a_neighbour_matcher_points_to_exhaustive_matching() -> 
     tried = [Outcome(attempt=MappingAttempt(mapper="global", camera_mode="per-image", registered=0, removed=0,
                                             seconds=1.0), model_sizes=[103, 10])]
     assert attempts_tried(tried) == "global mapper with per-image cameras: 103 mapped, 0 kept"
+    split = MappingAttempt(mapper="incremental", camera_mode="per-image", mapped_with="exif", registered=5, removed=0,
+                           seconds=1.0)  # mapped with the EXIF groups' cameras, then split per photo
+    assert split.cameras() == "exif cameras, then a focal length per photo"
     for matcher in ("sequential", "spatial"):  # liberty with --matcher sequential: 44 of 135 photos
         assert "--matcher exhaustive" in fragment_hint(matcher, "photos", tried, SfmConfig(), "otherwise")
     video = fragment_hint("sequential", "video", tried, SfmConfig(), "otherwise")  # frames in order: not the matcher

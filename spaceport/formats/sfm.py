@@ -56,13 +56,20 @@ class MappingAttempt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mapper: str
-    camera_mode: str  # how photos shared intrinsics while mapping: exif, single, per-image (split after mapping)
+    camera_mode: str  # the intrinsics of its model: exif, single, per-image (a focal length per photo)
+    mapped_with: str = ""  # how photos shared intrinsics while mapping, when it differs (split per photo after)
     registered: int  # after the camera check
     removed: int  # photos the camera check took out
     mean_reprojection_error_px: float | None = None
     seconds: float
     kept: bool = False
     note: str = ""  # why it ran, or why it failed
+
+    def cameras(self) -> str:
+        """The cameras in words, e.g. ``exif cameras, then a focal length per photo``."""
+        if self.mapped_with and self.mapped_with != self.camera_mode:
+            return f"{self.mapped_with} cameras, then a focal length per photo"
+        return f"{self.camera_mode} cameras"
 
 
 class SfmReport(BaseModel):

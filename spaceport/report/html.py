@@ -195,7 +195,7 @@ def _sfm_section(ws: Workspace, report: Report) -> dict[str, Any]:
                                       f"({f.min_fraction:.2f}–{f.max_fraction:.2f} × the long side)"))
     if len(sfm.attempts) > 1:
         facts.append(("Mapping attempts", " · ".join(
-            f"{a.mapper}, {a.camera_mode} cameras: {a.registered}{' (kept)' if a.kept else ''}"
+            f"{a.mapper}, {a.cameras()}: {a.registered}{' (kept)' if a.kept else ''}"
             for a in sfm.attempts)))
     if sfm.source == "model":
         facts.insert(0, ("Source", "a COLMAP model you provided (imported, no SfM ran)"))

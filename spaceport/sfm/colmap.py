@@ -225,7 +225,7 @@ def _check_registered(ws: Workspace, frames: FramesManifest, best: Outcome, outc
 
 def attempts_tried(outcomes: list[Outcome]) -> str:
     """Each mapping attempt: the photos in its largest model and how many of them the camera check kept."""
-    return "; ".join(f"{o.attempt.mapper} mapper with {o.attempt.camera_mode} cameras: "
+    return "; ".join(f"{o.attempt.mapper} mapper with {o.attempt.cameras()}: "
                      f"{o.model_sizes[0] if o.model_sizes else 0} mapped, {o.registered} kept" for o in outcomes)
 
 

@@ -112,7 +112,7 @@ def attempt(database: Path, images_dir: Path, workdir: Path, frames: FramesManif
         if camera_mode != "per-image":
             record.note += (f"; split per photo: {len(disagreeing)} photo(s) fit a focal length more than "
                             f"{config.focal_disagreement:.0%} away from their shared camera's")
-        record.camera_mode, disagreeing = "per-image", {}
+        record.mapped_with, record.camera_mode, disagreeing = camera_mode, "per-image", {}
     with progress.task("sfm: camera check", total=None):
         removed = remove_bad_cameras(best, config)
     best.tear_down()  # the cameras, rigs and frames of photos not in the model go too: training never sees them
