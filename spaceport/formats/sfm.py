@@ -57,7 +57,7 @@ class MappingAttempt(BaseModel):
 
     mapper: str
     camera_mode: str  # the intrinsics of its model: exif, single, per-image (a focal length per photo)
-    mapped_with: str = ""  # how photos shared intrinsics while mapping, when it differs (split per photo after)
+    mapped_with: str = ""  # the camera_mode it mapped with, where focal lengths were fitted per photo after
     registered: int  # after the camera check
     removed: int  # photos the camera check took out
     mean_reprojection_error_px: float | None = None
