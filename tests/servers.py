@@ -174,11 +174,6 @@ class SmtpServer:
     def clear(self) -> None:
         self.handler.messages.clear()
 
-    def wait_for(self, count: int = 1, timeout_s: float = 10.0) -> list[ReceivedMail]:
-        """The messages once at least ``count`` arrived (mail sent by another thread or process)."""
-        wait_until(lambda: len(self.messages) >= count, timeout_s)
-        return list(self.messages)
-
     def settings_env(self) -> dict[str, str]:
         """``SPACEPORT_SMTP_*`` values that point Settings at this server."""
         env = {"SPACEPORT_SMTP_HOST": self.host, "SPACEPORT_SMTP_PORT": str(self.port),
@@ -314,10 +309,6 @@ class WebhookReceiver:
         with self._lock:
             self.requests.clear()
             self._fail_remaining, self._fail_status, self.secret = 0, 500, None
-
-    def wait_for(self, count: int = 1, timeout_s: float = 10.0) -> list[ReceivedRequest]:
-        wait_until(lambda: len(self.requests) >= count, timeout_s)
-        return list(self.requests)
 
     def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> int:
         with self._lock:

@@ -134,7 +134,8 @@ def test_celery_workers_run_a_job_from_s3_and_a_new_gpu_worker_resumes_training(
     sog = s3_session.get_object(bucket, f"spaceport/{job['id']}/compress/scene.sog")
     assert sog[:2] == b"PK" and any(item["name"] == "scene.sog" for item in final["artifacts"])
     assert not (tmp_path / "api" / "workspaces").exists()
-    mails = [mail for mail in smtp_session.wait_for(1) if job["id"] in mail.message["Subject"]]
+    mails = wait_until(lambda: [mail for mail in smtp_session.messages if job["id"] in mail.message["Subject"]], 30,
+                       what="the mail")
     assert [mail.message["Subject"] for mail in mails] == [f"Spaceport job {job['id']} succeeded"]
     hooks = wait_until(lambda: [hook for hook in webhook_session.requests if hook.json()["job"]["id"] == job["id"]],
                        30, what="the webhook")

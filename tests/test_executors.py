@@ -198,11 +198,13 @@ def test_full_job_reports_progress_and_stage_runs(service: EmbeddedService, full
 
 
 def test_full_job_sends_the_mail_and_the_signed_webhook(service: EmbeddedService, full_job: FullJob) -> None:
-    mails = [mail for mail in service.smtp.wait_for(1) if full_job.id in mail.message["Subject"]]
+    mails = wait_until(lambda: [m for m in service.smtp.messages if full_job.id in m.message["Subject"]], 30,
+                       what="the job's mail")
     assert len(mails) == 1 and mails[0].rcpt_tos == [EMAIL]
     assert mails[0].message["Subject"] == f"Spaceport job {full_job.id} succeeded"
     assert f"/v1/jobs/{full_job.id}/artifacts/scene.sog" in mails[0].text()
-    hooks = [hook for hook in service.webhook.wait_for(1) if hook.json()["job"]["id"] == full_job.id]
+    hooks = wait_until(lambda: [h for h in service.webhook.requests if h.json()["job"]["id"] == full_job.id], 30,
+                       what="the job's webhook")
     assert len(hooks) == 1 and hooks[0].verified is True and hooks[0].json()["event"] == "job.succeeded"
     final_event = service.api.events(full_job.id)[-1]
     assert final_event["kind"] == "state" and final_event["data"]["state"] == "succeeded"
@@ -255,8 +257,10 @@ def test_legacy_start_job_compression_with_the_old_body(service: EmbeddedService
     final = service.api.wait_final(job_id, log=service.serve)
     assert final["state"] == "succeeded", final["error"]
     assert final["steps"] == "compress"
-    assert any(mail.rcpt_tos == ["legacy@example.org"] and job_id in mail.message["Subject"]
-               for mail in service.smtp.wait_for(2))
+    # the SMTP server is the session's: wait for this job's own mail, not for a count other tests' mails reach
+    mail = wait_until(lambda: [m for m in service.smtp.messages if job_id in m.message["Subject"]], 30,
+                      what="the legacy job's mail")[0]
+    assert mail.rcpt_tos == ["legacy@example.org"]
 
 
 def test_a_clean_stop_of_serve_queues_the_running_job_and_the_next_start_finishes_it(
