@@ -174,6 +174,16 @@ class SmtpServer:
     def clear(self) -> None:
         self.handler.messages.clear()
 
+    def mails_about(self, job_id: str, timeout_s: float = 30.0) -> list[ReceivedMail]:
+        """The mails whose subject names ``job_id``, once the first arrived (the server is shared by many jobs, so
+        a count of mails says nothing about one job's)."""
+        def about() -> list[ReceivedMail]:
+            return [mail for mail in self.messages if job_id in mail.message["Subject"]]
+
+        if not wait_until(about, timeout_s):
+            raise AssertionError(f"no mail about job {job_id} within {timeout_s:.0f} s")
+        return about()
+
     def settings_env(self) -> dict[str, str]:
         """``SPACEPORT_SMTP_*`` values that point Settings at this server."""
         env = {"SPACEPORT_SMTP_HOST": self.host, "SPACEPORT_SMTP_PORT": str(self.port),
@@ -304,6 +314,15 @@ class WebhookReceiver:
         """Answer ``status`` to the next ``count`` requests (a huge count: always)."""
         with self._lock:
             self._fail_remaining, self._fail_status = count, status
+
+    def hooks_about(self, job_id: str, timeout_s: float = 30.0) -> list[ReceivedRequest]:
+        """The webhook calls for ``job_id``, once the first arrived (see ``SmtpServer.mails_about``)."""
+        def about() -> list[ReceivedRequest]:
+            return [hook for hook in self.requests if hook.json()["job"]["id"] == job_id]
+
+        if not wait_until(about, timeout_s):
+            raise AssertionError(f"no webhook call about job {job_id} within {timeout_s:.0f} s")
+        return about()
 
     def reset(self) -> None:
         with self._lock:

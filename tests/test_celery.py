@@ -23,7 +23,7 @@ from spaceport.jobs.store import open_store
 from spaceport.jobs.supervise import WorkerContext
 from spaceport.settings import Settings
 from tests.databases import empty_postgres
-from tests.processes import PREVIEW_SETTINGS, Api, ServiceProcess, running, service_env, train_step, wait_until
+from tests.processes import PREVIEW_SETTINGS, Api, ServiceProcess, running, service_env, train_step
 from tests.servers import S3Server, SmtpServer, WebhookReceiver
 
 REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own (tests/databases.py: redis_url)
@@ -134,10 +134,8 @@ def test_celery_workers_run_a_job_from_s3_and_a_new_gpu_worker_resumes_training(
     sog = s3_session.get_object(bucket, f"spaceport/{job['id']}/compress/scene.sog")
     assert sog[:2] == b"PK" and any(item["name"] == "scene.sog" for item in final["artifacts"])
     assert not (tmp_path / "api" / "workspaces").exists()
-    mails = wait_until(lambda: [mail for mail in smtp_session.messages if job["id"] in mail.message["Subject"]], 30,
-                       what="the mail")
+    mails = smtp_session.mails_about(job["id"])
     assert [mail.message["Subject"] for mail in mails] == [f"Spaceport job {job['id']} succeeded"]
-    hooks = wait_until(lambda: [hook for hook in webhook_session.requests if hook.json()["job"]["id"] == job["id"]],
-                       30, what="the webhook")
+    hooks = webhook_session.hooks_about(job["id"])
     assert hooks[0].verified is True and hooks[0].json()["event"] == "job.succeeded"
     store.close()

@@ -198,13 +198,11 @@ def test_full_job_reports_progress_and_stage_runs(service: EmbeddedService, full
 
 
 def test_full_job_sends_the_mail_and_the_signed_webhook(service: EmbeddedService, full_job: FullJob) -> None:
-    mails = wait_until(lambda: [m for m in service.smtp.messages if full_job.id in m.message["Subject"]], 30,
-                       what="the job's mail")
+    mails = service.smtp.mails_about(full_job.id)
     assert len(mails) == 1 and mails[0].rcpt_tos == [EMAIL]
     assert mails[0].message["Subject"] == f"Spaceport job {full_job.id} succeeded"
     assert f"/v1/jobs/{full_job.id}/artifacts/scene.sog" in mails[0].text()
-    hooks = wait_until(lambda: [h for h in service.webhook.requests if h.json()["job"]["id"] == full_job.id], 30,
-                       what="the job's webhook")
+    hooks = service.webhook.hooks_about(full_job.id)
     assert len(hooks) == 1 and hooks[0].verified is True and hooks[0].json()["event"] == "job.succeeded"
     final_event = service.api.events(full_job.id)[-1]
     assert final_event["kind"] == "state" and final_event["data"]["state"] == "succeeded"
@@ -257,9 +255,7 @@ def test_legacy_start_job_compression_with_the_old_body(service: EmbeddedService
     final = service.api.wait_final(job_id, log=service.serve)
     assert final["state"] == "succeeded", final["error"]
     assert final["steps"] == "compress"
-    # the SMTP server is the session's: wait for this job's own mail, not for a count other tests' mails reach
-    mail = wait_until(lambda: [m for m in service.smtp.messages if job_id in m.message["Subject"]], 30,
-                      what="the legacy job's mail")[0]
+    mail = service.smtp.mails_about(job_id)[0]
     assert mail.rcpt_tos == ["legacy@example.org"]
 
 
@@ -306,8 +302,7 @@ def test_cancel_during_training_stops_it_and_keeps_finished_stages(service: Embe
     assert (workspace / "sfm" / ".done").exists() and not (workspace / "train" / ".done").exists()
     # stopped by the SIGTERM of its worker (it checkpoints first) or by its own progress report, whichever came first
     assert re.search(r"stopped by signal 15|train: cancelled", (workspace / "logs" / "train.log").read_text())
-    hooks = wait_until(lambda: [h for h in service.webhook.requests if h.json()["job"]["id"] == job["id"]], 30,
-                       what="the cancel webhook")
+    hooks = service.webhook.hooks_about(job["id"])
     assert hooks[0].json()["event"] == "job.cancelled"
 
 
@@ -333,8 +328,7 @@ def test_a_failing_stage_fails_the_job_with_its_message(service: EmbeddedService
     assert final["state"] == "failed" and final["stage"] == "compress"
     assert "not a readable PLY file" in final["error"] and "truncated" in final["error"]
     assert service.stage_runs(job["id"]) == [("compress", "failed")]
-    mail = wait_until(lambda: [m for m in service.smtp.messages if job["id"] in m.message["Subject"]], 30,
-                      what="the failure mail")[0]
+    mail = service.smtp.mails_about(job["id"])[0]
     assert mail.message["Subject"] == f"Spaceport job {job['id']} failed at compress"
     assert "not a readable PLY file" in mail.text()
 

@@ -79,10 +79,10 @@ def test_a_fragment_from_a_neighbour_matcher_points_to_exhaustive_matching() -> 
                            seconds=1.0)  # mapped with the EXIF groups' cameras, then split per photo
     assert split.cameras() == "exif cameras, then a focal length per photo"
     for matcher in ("sequential", "spatial"):  # liberty with --matcher sequential: 44 of 135 photos
-        assert "--matcher exhaustive" in fragment_hint(matcher, "photos", tried, SfmConfig(), "otherwise")
-    video = fragment_hint("sequential", "video", tried, SfmConfig(), "otherwise")  # frames in order: not the matcher
+        assert "--matcher exhaustive" in fragment_hint(matcher, "photos", tried, "otherwise")
+    video = fragment_hint("sequential", "video", tried, "otherwise")  # frames in order: not the matcher
     assert video == "otherwise"
-    assert fragment_hint("exhaustive", "photos", [], SfmConfig(), "otherwise") == "Try --mapper global. otherwise"
+    assert fragment_hint("exhaustive", "photos", [], "otherwise") == "Try --mapper global. otherwise"
 
 
 def test_too_few_images_is_a_clear_error(tmp_path: Path) -> None:

@@ -212,13 +212,13 @@ def _check_registered(ws: Workspace, frames: FramesManifest, best: Outcome, outc
         raise SpaceportError(
             f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (needs at least {MIN_REGISTERED}); "
             f"the photos do not overlap enough (tried: {attempts_tried(outcomes)}). Unregistered: {', '.join(out)}. "
-            + fragment_hint(matcher, frames.kind, outcomes, config, "Take photos with ~60% overlap, moving around "
+            + fragment_hint(matcher, frames.kind, outcomes, "Take photos with ~60% overlap, moving around "
                             "the subject."))
     if best.registered < config.min_registered_fraction * total:
         raise SpaceportError(
             f"{ws.images_dir}: SfM registered {best.registered} of {total} photos (tried: "
             f"{attempts_tried(outcomes)}); refusing to train on a fragment. "
-            + fragment_hint(matcher, frames.kind, outcomes, config, "Try another --camera-mode, or lower "
+            + fragment_hint(matcher, frames.kind, outcomes, "Try another --camera-mode, or lower "
                             f"--min-registered (now {config.min_registered_fraction}).")
             + f" Unregistered: {', '.join(out[:20])}")
 
@@ -229,13 +229,14 @@ def attempts_tried(outcomes: list[Outcome]) -> str:
                      f"{o.model_sizes[0] if o.model_sizes else 0} mapped, {o.registered} kept" for o in outcomes)
 
 
-def fragment_hint(matcher: str, kind: str, outcomes: list[Outcome], config: SfmConfig, otherwise: str) -> str:
-    """What to change when too few photos registered: the matcher first when it paired only some photos."""
+def fragment_hint(matcher: str, kind: str, outcomes: list[Outcome], otherwise: str) -> str:
+    """What to change when too few photos registered: the matcher first when it paired only some photos, then the
+    global mapper unless an attempt used it."""
     if matcher in ("sequential", "spatial") and kind != "video":
         return (f"The {matcher} matcher paired each photo only with its neighbours (by name or GPS): photos taken "
                 "in no order need --matcher exhaustive (or vocabtree with --vocab-tree).")
     tried_global = any(o.attempt.mapper == "global" for o in outcomes)
-    return ("" if tried_global or config.mapper == "global" else "Try --mapper global. ") + otherwise
+    return ("" if tried_global else "Try --mapper global. ") + otherwise
 
 
 def _report(model: pycolmap.Reconstruction, **fields: Any) -> SfmReport:
