@@ -5,6 +5,7 @@ runs: coarse-to-fine levels, the photo-sized budget, early stopping (kept across
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -270,6 +271,36 @@ def test_early_stop_ends_the_run_and_a_rerun_stays_stopped(workspace):  # noqa: 
     assert (workspace.train_dir / "ckpt" / "step_000030.pt").is_file()
     again = run_train(workspace, config, NullProgress())
     assert again.metrics["resumed_from_step"] == 30 and again.metrics["steps"] == 30
+
+
+def test_keep_best_exports_the_best_evaluation_and_resumes_to_the_same_splat(workspace, tmp_path):  # noqa: F811
+    # DefaultStrategy resets every opacity at step 50, so the last two steps score far below the evaluations
+    config = small_config(steps=52, eval_every=10, strategy="default", refine_start=10, refine_every=10,
+                          reset_opacity_every=50, checkpoint_every=51, keep_checkpoints=5)
+    resumed, last_step_kept = (Workspace(tmp_path / name) for name in ("resumed", "last_step_kept"))
+    for copy in (resumed, last_step_kept):
+        shutil.copytree(workspace.root, copy.root)
+
+    result = run_train(workspace, config, NullProgress())
+    during = {m["step"]: m["eval_psnr"] for m in read_metrics(workspace) if "eval_psnr" in m and m["step"] < 52}
+    kept = result.metrics["kept_step"]
+    assert kept in during and during[kept] >= max(during.values()) - config.early_stop_min_gain
+    assert result.metrics["steps"] == 52
+    assert result.metrics["psnr"] == pytest.approx(during[kept], abs=1e-3)  # the same views, the same splat
+    assert json.loads((workspace.train_dir / "eval.json").read_text())["step"] == kept
+    assert read_metrics(workspace)[-1]["kept_step"] == kept
+
+    without = run_train(last_step_kept, config.model_copy(update={"keep_best": False}), NullProgress())
+    assert without.metrics["kept_step"] is None
+    assert result.metrics["psnr"] > without.metrics["psnr"] + 1.0
+
+    run_train(resumed, config, NullProgress())
+    for path in (resumed.train_dir / "ckpt").glob("step_*.pt"):  # died after step 51: the best is in its checkpoint
+        if path.name != "step_000051.pt":
+            path.unlink()
+    again = run_train(resumed, config, NullProgress())
+    assert again.metrics["resumed_from_step"] == 51 and again.metrics["kept_step"] == kept
+    assert resumed.splat_ply.read_bytes() == workspace.splat_ply.read_bytes()
 
 
 def test_background_shell_joins_the_initial_gaussians(larger_source, tmp_path):

@@ -49,6 +49,7 @@ class MetricsLine(BaseModel):
     elapsed_seconds: float | None = None
     eval_psnr: float | None = None
     eval_ssim: float | None = None
+    kept_step: int | None = None  # the final evaluation's splat is this earlier step's (train.keep_best)
 
 
 def read_evaluation(train_dir: Path) -> Evaluation:

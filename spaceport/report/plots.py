@@ -88,17 +88,21 @@ def loss_figure(metrics: list[MetricsLine]) -> Figure | None:
 
 
 def psnr_figure(metrics: list[MetricsLine], held_out: bool) -> Figure | None:
-    """Held-out PSNR at each evaluation; None when training logged none."""
-    points = [(m.step, m.eval_psnr) for m in metrics if m.eval_psnr is not None]
-    if not points:
+    """Held-out PSNR at each evaluation, the final one labelled (at the step whose splat was kept, with
+    train.keep_best); None when training logged none."""
+    evaluations = [m for m in metrics if m.eval_psnr is not None]
+    if not evaluations:
         return None
+    final = evaluations[-1]
+    final_step = final.kept_step if final.kept_step is not None else final.step
+    points = sorted((m.kept_step if m.kept_step is not None else m.step, m.eval_psnr) for m in evaluations)
     steps, psnr = (np.array(column, dtype=float) for column in zip(*points, strict=True))
     figure = _curve_figure()
     which = "held-out" if held_out else "training"
     axes = _axes(figure, f"PSNR on {which} views", "step", "PSNR (dB)")
     axes.plot(steps, psnr, color=GREEN, linewidth=1.6, marker="o", markersize=5 if len(psnr) < 4 else 3)
-    axes.annotate(f"{psnr[-1]:.2f} dB", (steps[-1], psnr[-1]), textcoords="offset points", xytext=(-6, 8),
-                  ha="right", fontsize=9, color=INK)
+    axes.annotate(f"{final.eval_psnr:.2f} dB", (final_step, final.eval_psnr), textcoords="offset points",
+                  xytext=(-6, 8), ha="right", fontsize=9, color=INK)
     axes.set_xlim(0, max(steps.max() * 1.05, 1))
     low, high = psnr.min(), psnr.max()
     axes.set_ylim(np.floor(low - 1.5), np.ceil(high + 1.5))

@@ -215,9 +215,12 @@ class EarlyStop:
     best_step: int = 0
     evaluations_since_best: int = 0
     stopped_at: int | None = None
+    last_psnr: float = -math.inf
+    last_step: int = -1
 
     def record(self, psnr: float, step: int, config: TrainConfig) -> bool:
         """Take an evaluation; True when the run should stop here."""
+        self.last_psnr, self.last_step = psnr, step
         if psnr > self.best_psnr + config.early_stop_min_gain:
             self.best_psnr, self.best_step, self.evaluations_since_best = psnr, step, 0
         else:
@@ -237,6 +240,7 @@ class TrainingState:
     elapsed_seconds: float = 0.0  # training-loop time over all runs
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     appearance: AppearanceModel = field(default_factory=lambda: AppearanceModel(0, "none"))
+    best_params: dict[str, torch.Tensor] | None = None  # keep_best: the parameters of early_stop.best_step
 
 
 @dataclass
@@ -342,12 +346,15 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress,
         train_loop(run, state, stop)
     loop_seconds = time.perf_counter() - loop_started
     steps_run = state.step - steps_before
-    evaluation = evaluate_and_export(ws, run, state)
+    last_step = state.step
+    kept_step = keep_best_parameters(run, state)
+    evaluation = evaluate_and_export(ws, run, state, kept_step or state.step)
     metrics = {
         "psnr": evaluation["psnr"],
         "ssim": evaluation["ssim"],
         "num_gaussians": len(state.params["means"]),
-        "steps": state.step,
+        "steps": last_step,
+        "kept_step": kept_step,
         "resumed_from_step": resumed_from,
         "early_stopped_at": state.early_stop.stopped_at,
         "train_seconds": round(state.elapsed_seconds, 2),
@@ -369,7 +376,7 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress,
         "splat": ws.rel(ws.splat_ply),
         "eval": ws.rel(ws.train_dir / "eval.json"),
         "metrics": ws.rel(run.metrics_path),
-        "checkpoint": ws.rel(checkpoint_path(run.checkpoint_dir, state.step)),
+        "checkpoint": ws.rel(checkpoint_path(run.checkpoint_dir, last_step)),
         "renders": ws.rel(ws.train_dir / "renders"),
     }
     return StageResult("train", seconds=time.perf_counter() - started, outputs=outputs, metrics=metrics)
@@ -678,12 +685,7 @@ def log_step(run: TrainRun, state: TrainingState, mean_loss: float, rate: float)
 def evaluate_during_training(run: TrainRun, state: TrainingState) -> dict[str, Any]:
     """Held-out PSNR/SSIM on ``eval_views`` views, logged, and fed to the early stop."""
     config = run.config
-    views = run.scene.test_views[: config.eval_views] if config.eval_views else run.scene.test_views
-    result = evaluate_views(
-        state.params, views, sh_degree=config.sh_degree,
-        background=evaluation_background(config.background, run.device), backend=run.backend,
-        appearance=state.appearance,
-    )
+    result = evaluate_tracked_views(run, state.params, state.appearance)
     append_metrics(run, {"step": state.step, "eval_psnr": round(result["psnr"], 4),
                          "eval_ssim": round(result["ssim"], 5)})
     run.progress.log(f"train: step {state.step}: held-out PSNR {result['psnr']:.2f} dB, "
@@ -692,7 +694,37 @@ def evaluate_during_training(run: TrainRun, state: TrainingState) -> dict[str, A
         run.progress.log(f"train: stopping early at step {state.step}: held-out PSNR has not risen by "
                          f"{config.early_stop_min_gain} dB for {config.early_stop_patience} evaluations (best "
                          f"{state.early_stop.best_psnr:.2f} dB at step {state.early_stop.best_step})")
+    if config.keep_best and state.early_stop.best_step == state.step:
+        state.best_params = {name: p.detach().clone() for name, p in state.params.items()}
     return result
+
+
+def evaluate_tracked_views(run: TrainRun, params: torch.nn.ParameterDict,
+                           appearance: AppearanceModel) -> dict[str, Any]:
+    """The evaluation early stopping and keep_best compare: the first ``eval_views`` held-out views."""
+    config = run.config
+    views = run.scene.test_views[: config.eval_views] if config.eval_views else run.scene.test_views
+    return evaluate_views(params, views, sh_degree=config.sh_degree,
+                          background=evaluation_background(config.background, run.device), backend=run.backend,
+                          appearance=appearance)
+
+
+def keep_best_parameters(run: TrainRun, state: TrainingState) -> int | None:
+    """keep_best: put the best evaluation's parameters back when the last step scores lower on the same views;
+    returns that evaluation's step, or None when the last step's parameters stay."""
+    best, early_stop = state.best_params, state.early_stop
+    if not run.config.keep_best or best is None or early_stop.best_step >= state.step:
+        return None
+    if early_stop.last_step == state.step:  # the run stopped early right after evaluating
+        last_psnr = early_stop.last_psnr
+    else:
+        last_psnr = evaluate_tracked_views(run, state.params, state.appearance)["psnr"]
+    if last_psnr >= early_stop.best_psnr:
+        return None
+    run.progress.log(f"train: keeping the splat of step {early_stop.best_step} (held-out PSNR "
+                     f"{early_stop.best_psnr:.2f} dB) over step {state.step}'s ({last_psnr:.2f} dB)")
+    state.params = torch.nn.ParameterDict({name: torch.nn.Parameter(tensor) for name, tensor in best.items()})
+    return early_stop.best_step
 
 
 def append_metrics(run: TrainRun, line: dict[str, Any]) -> None:
@@ -710,9 +742,10 @@ def truncate_metrics(run: TrainRun, step: int) -> None:
     atomic_write_bytes(run.metrics_path, "".join(line + "\n" for line in kept).encode())
 
 
-def evaluate_and_export(ws: Workspace, run: TrainRun, state: TrainingState) -> dict[str, Any]:
+def evaluate_and_export(ws: Workspace, run: TrainRun, state: TrainingState, step: int) -> dict[str, Any]:
+    """Write splat.ply and eval.json of ``state.params``, the parameters of ``step``."""
     gaussians = gaussians_from_params(state.params)
-    gaussians.validate(source=f"train step {state.step}")
+    gaussians.validate(source=f"train step {step}")
     write_ply(ws.splat_ply, gaussians)
     if run.scene.test_views:
         views, held_out = run.scene.test_views, True
@@ -725,10 +758,10 @@ def evaluate_and_export(ws: Workspace, run: TrainRun, state: TrainingState) -> d
         renders_dir=run.train_dir / "renders", num_renders=run.config.num_renders,
         appearance=state.appearance,
     )
-    result = {"step": state.step, "held_out": held_out, **result}
+    result = {"step": step, "held_out": held_out, **result}
     atomic_write_json(run.train_dir / "eval.json", result)
     append_metrics(run, {"step": state.step, "eval_psnr": round(result["psnr"], 4),
-                         "eval_ssim": round(result["ssim"], 5)})
+                         "eval_ssim": round(result["ssim"], 5), **({"kept_step": step} if step != state.step else {})})
     return result
 
 
@@ -760,6 +793,7 @@ def save_checkpoint(run: TrainRun, state: TrainingState) -> Path:
         "rng": state.rng.state_dict(),
         "early_stop": dataclasses.asdict(state.early_stop),
         "appearance": state.appearance.checkpoint_state(),
+        "best_params": state.best_params,
     }
     run.checkpoints.submit(path, host_copy(payload), run.config.keep_checkpoints)
     return path
@@ -821,7 +855,8 @@ def load_checkpoint(path: Path, run: TrainRun) -> TrainingState:
     appearance = new_appearance(run)
     appearance.load_checkpoint_state(payload["appearance"], source=str(path))
     return TrainingState(params, optimizers, payload["strategy_state"], rng, payload["step"],
-                         payload["elapsed_seconds"], EarlyStop(**payload["early_stop"]), appearance)
+                         payload["elapsed_seconds"], EarlyStop(**payload["early_stop"]), appearance,
+                         payload.get("best_params"))
 
 
 # -- signals ---------------------------------------------------------------------------------------
