@@ -72,6 +72,9 @@ PRESETS: dict[str, PipelineConfig] = {
     # The old 7k-step, 380k, coarse-to-fine recipe: 19.87 dB at its best, 19.45 at the end, twice the time.
     # Stop 20, same session (bench/results/tune_gpu_monstree_stop20.json): standard 20.19; scale_reg 0.05 20.12,
     # opacity_reg 0.03 19.79, packed 20.05, lr_means x2 19.53, SH degree 3 19.18, 5,000 steps 19.71, 600k 19.78.
+    # Stop 21: the best evaluation's splat is kept (train.keep_best): photos -> SOG 84.8 s, 20.59 dB from step 2,000
+    # over step 3,000's 20.52 (results/e2e_gpu_monstree_keep_best.json); a dense MVS start and the background
+    # shell did not help (tune_gpu_monstree_mvs_init.json, tune_gpu_monstree_stop21.json).
     "standard": PipelineConfig(
         ingest=IngestConfig(max_size=1600),
         sfm=SfmConfig(max_image_size=1600),
