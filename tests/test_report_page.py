@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -226,6 +227,22 @@ def test_photos_left_out_are_listed_with_their_reasons(preview_workspace: Path, 
     sfm_text = text_of(sections(write_page(ws))["sfm"])
     assert "input/IMG_1025 copy.jpg ingest identical to input/IMG_1025.jpg; dropped" in sfm_text
     assert "IMG_1040.jpg sfm SfM made 2 separate models (photos in each: 9, 1)" in sfm_text
+
+
+def test_a_kept_earlier_splat_is_named_in_the_training_facts(preview_workspace: Path, tmp_path: Path) -> None:
+    ws = copy_workspace(preview_workspace, tmp_path / "W")
+    metrics_path = ws.train_dir / "metrics.jsonl"
+    lines = metrics_path.read_text().splitlines()
+    final = json.loads(lines[-1])
+    assert "eval_psnr" in final and "kept_step" not in final
+    during = [{"step": 500, "eval_psnr": final["eval_psnr"] - 1.0}, {"step": 1000, "eval_psnr": final["eval_psnr"]},
+              {"step": 1250, "eval_psnr": final["eval_psnr"] - 0.5}]
+    final["kept_step"] = 1000
+    metrics_path.write_text("\n".join([*lines[:-1], *map(json.dumps, during), json.dumps(final)]) + "\n")
+    training = text_of(sections(write_page(ws))["training"])
+    assert "Splat kept from step 1,000, its best held-out evaluation" in training
+    assert "Splat kept from" not in text_of(sections(write_page(copy_workspace(preview_workspace, tmp_path / "V")))[
+        "training"])
 
 
 def test_a_big_sog_gets_the_view_command_instead_of_an_embedded_viewer(report_ws: Workspace, tmp_path: Path,
