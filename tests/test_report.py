@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spaceport.cli import app
+from spaceport.cli import _summary_lines, app
 from spaceport.report import quality_score
+from spaceport.workspace import Workspace
 
 runner = CliRunner()
 
@@ -46,6 +47,16 @@ def test_run_ends_with_a_summary_and_the_view_command(finished_workspace: Path) 
     for path in ("compress/scene.sog", "train/splat.ply", "report/index.html"):
         assert str(finished_workspace / path) in output, path
     assert f"open it: spaceport view {finished_workspace}" in output
+
+
+def test_the_summary_names_a_kept_earlier_splat(finished_workspace: Path, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "W")
+    shutil.copytree(finished_workspace, ws.root, ignore=shutil.ignore_patterns("ckpt", ".lock"))
+    assert not any("the splat of step" in line for line in _summary_lines(ws, []))
+    metrics_path = ws.train_dir / "metrics.jsonl"
+    *lines, final = metrics_path.read_text().splitlines()
+    metrics_path.write_text("\n".join([*lines, json.dumps({**json.loads(final), "kept_step": 750})]) + "\n")
+    assert any(line.endswith(", the splat of step 750 (its best evaluation)") for line in _summary_lines(ws, []))
 
 
 def test_validate_passes_then_fails_on_a_broken_artifact(finished_workspace: Path, tmp_path: Path) -> None:
