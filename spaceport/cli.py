@@ -142,7 +142,7 @@ def _print_results(ws, results: list) -> None:
         table.add_column(column)
     for result in results:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in list(result.metrics.items())[:6])
+                            for k, v in [(k, v) for k, v in result.metrics.items() if v is not None][:6])
         table.add_row(result.stage, "resumed (done before)" if result.skipped else "done",
                       f"{result.seconds:.1f}", metrics)
     out = Console()
