@@ -152,7 +152,7 @@ def _print_results(ws, results: list) -> None:
 
 
 def _summary_lines(ws, results: list) -> list[str]:
-    from spaceport.formats import read_evaluation, read_metrics, read_sfm_report
+    from spaceport.formats import kept_step, read_evaluation, read_metrics, read_sfm_report
 
     lines = []
     if ws.is_done("sfm"):
@@ -167,7 +167,7 @@ def _summary_lines(ws, results: list) -> list[str]:
         which = "held-out" if evaluation.held_out else "training (no held-out views)"
         nerf_w = evaluation.protocol != "full-image"
         protocol = " (right halves, appearance fitted on the left: NeRF-W)" if nerf_w else ""
-        kept = next((m.kept_step for m in reversed(read_metrics(ws.train_dir)) if m.eval_psnr is not None), None)
+        kept = kept_step(read_metrics(ws.train_dir))
         kept_note = f", the splat of step {kept:,} (its best evaluation)" if kept is not None else ""
         lines.append(f"{which} PSNR {evaluation.psnr:.2f} dB, SSIM {evaluation.ssim:.3f} on {evaluation.num_views} "
                      f"views{protocol}{kept_note}")

@@ -18,14 +18,15 @@ from spaceport.formats.train import (
     Evaluation,
     MetricsLine,
     append_metrics,
+    kept_step,
     read_evaluation,
     read_metrics,
     write_evaluation,
 )
 
 __all__ = [
-    "Evaluation", "FramesManifest", "Gaussians", "JobFile", "MetricsLine", "Report", "SfmReport",
-    "append_metrics", "atomic_write_bytes", "atomic_write_json", "atomic_write_to", "read_compressed_ply",
+    "Evaluation", "FramesManifest", "Gaussians", "JobFile", "MetricsLine", "Report", "SfmReport", "append_metrics",
+    "atomic_write_bytes", "atomic_write_json", "atomic_write_to", "kept_step", "read_compressed_ply",
     "read_evaluation", "read_frames", "read_job", "read_metrics", "read_ply", "read_report", "read_sfm_report",
     "read_sog", "read_splat", "read_spz", "staged_dir", "write_compressed_ply", "write_evaluation", "write_frames",
     "write_job", "write_ply", "write_report", "write_sfm_report", "write_sog", "write_splat", "write_spz",

@@ -51,6 +51,18 @@ class MetricsLine(BaseModel):
     eval_ssim: float | None = None
     kept_step: int | None = None  # the final evaluation's splat is this earlier step's (train.keep_best)
 
+    @property
+    def splat_step(self) -> int:
+        """The step of the splat this line describes: ``kept_step`` where keep_best kept an earlier one."""
+        return self.kept_step if self.kept_step is not None else self.step
+
+
+def kept_step(metrics: list[MetricsLine]) -> int | None:
+    """The earlier step whose splat the run exported (train.keep_best), from its final evaluation; None when the
+    last step's splat was exported."""
+    evaluations = [line for line in metrics if line.eval_psnr is not None]
+    return evaluations[-1].kept_step if evaluations else None
+
 
 def read_evaluation(train_dir: Path) -> Evaluation:
     return read_model(train_dir / EVAL_NAME, Evaluation, FIX)

@@ -21,6 +21,7 @@ from PIL import Image
 from spaceport.formats import (
     Report,
     SfmReport,
+    kept_step,
     read_evaluation,
     read_frames,
     read_job,
@@ -283,7 +284,7 @@ def _training_section(ws: Workspace, report: Report) -> dict[str, Any]:
             facts.append(("Speed (median)", f"{speeds[len(speeds) // 2]:.1f} steps/s"))
         if last.elapsed_seconds is not None:
             facts.append(("Training time", format_seconds(last.elapsed_seconds)))
-    kept = next((m.kept_step for m in reversed(metrics) if m.kept_step is not None), None)
+    kept = kept_step(metrics)
     if kept is not None:
         facts.append(("Splat kept from", f"step {kept:,}, its best held-out evaluation"))
     return {"curves": curves, "facts": facts}

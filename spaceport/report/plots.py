@@ -94,14 +94,13 @@ def psnr_figure(metrics: list[MetricsLine], held_out: bool) -> Figure | None:
     if not evaluations:
         return None
     final = evaluations[-1]
-    final_step = final.kept_step if final.kept_step is not None else final.step
-    points = sorted((m.kept_step if m.kept_step is not None else m.step, m.eval_psnr) for m in evaluations)
+    points = sorted((m.splat_step, m.eval_psnr) for m in evaluations)
     steps, psnr = (np.array(column, dtype=float) for column in zip(*points, strict=True))
     figure = _curve_figure()
     which = "held-out" if held_out else "training"
     axes = _axes(figure, f"PSNR on {which} views", "step", "PSNR (dB)")
     axes.plot(steps, psnr, color=GREEN, linewidth=1.6, marker="o", markersize=5 if len(psnr) < 4 else 3)
-    axes.annotate(f"{final.eval_psnr:.2f} dB", (final_step, final.eval_psnr), textcoords="offset points",
+    axes.annotate(f"{final.eval_psnr:.2f} dB", (final.splat_step, final.eval_psnr), textcoords="offset points",
                   xytext=(-6, 8), ha="right", fontsize=9, color=INK)
     axes.set_xlim(0, max(steps.max() * 1.05, 1))
     low, high = psnr.min(), psnr.max()

@@ -346,14 +346,13 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress,
         train_loop(run, state, stop)
     loop_seconds = time.perf_counter() - loop_started
     steps_run = state.step - steps_before
-    last_step = state.step
     kept_step = keep_best_parameters(run, state)
     evaluation = evaluate_and_export(ws, run, state, kept_step or state.step)
     metrics = {
         "psnr": evaluation["psnr"],
         "ssim": evaluation["ssim"],
         "num_gaussians": len(state.params["means"]),
-        "steps": last_step,
+        "steps": state.step,
         "kept_step": kept_step,
         "resumed_from_step": resumed_from,
         "early_stopped_at": state.early_stop.stopped_at,
@@ -376,7 +375,7 @@ def run_train(ws: Workspace, config: TrainConfig, progress: Progress,
         "splat": ws.rel(ws.splat_ply),
         "eval": ws.rel(ws.train_dir / "eval.json"),
         "metrics": ws.rel(run.metrics_path),
-        "checkpoint": ws.rel(checkpoint_path(run.checkpoint_dir, last_step)),
+        "checkpoint": ws.rel(checkpoint_path(run.checkpoint_dir, state.step)),
         "renders": ws.rel(ws.train_dir / "renders"),
     }
     return StageResult("train", seconds=time.perf_counter() - started, outputs=outputs, metrics=metrics)
