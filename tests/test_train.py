@@ -270,6 +270,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes(workspace):
     # the other optimizers' states, and the early stop's (evaluations that never stop the run)
     dict(strategy="mcmc", cap_max=44, optimizer="selective", eval_every=30, early_stop_patience=5),
     dict(strategy="default", cap_max=60, grow_grad2d=1e-5, optimizer="fused"),
+    dict(strategy="mcmc", cap_max=44, gaussian_dropout=0.3),  # hidden Gaussians: the run's own stream
 ])
 def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path, strategy):
     """On the CPU the loop is deterministic: stopping at a checkpoint and resuming gives the same splat

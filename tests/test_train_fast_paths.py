@@ -15,13 +15,21 @@ import torch
 from gsplat.strategy import DefaultStrategy
 
 from spaceport.progress import NullProgress
-from spaceport.splat.model import SelectiveAdamTorch, make_optimizers
+from spaceport.splat.model import (
+    SelectiveAdamTorch,
+    gaussians_from_points,
+    make_optimizers,
+    params_from_gaussians,
+    render_params,
+)
 from spaceport.splat.profiling import SECTIONS, StepProfiler, format_profile
 from spaceport.splat.scene import Scene, View
 from spaceport.splat.ssim import resolve_ssim_kernel, ssim, ssim_reference, ssim_separable
 from spaceport.splat.train import (
     BudgetedDefaultStrategy,
     EpochOrder,
+    dropout_rate_at,
+    dropout_scale,
     fit_to_scene,
     prepare_run,
     resolution_factor_at,
@@ -301,6 +309,33 @@ def test_keep_best_exports_the_best_evaluation_and_resumes_to_the_same_splat(wor
     again = run_train(resumed, config, NullProgress())
     assert again.metrics["resumed_from_step"] == 51 and again.metrics["kept_step"] == kept
     assert resumed.splat_ply.read_bytes() == workspace.splat_ply.read_bytes()
+
+
+def test_dropout_hides_gaussians_from_the_render_and_their_gradients(workspace):  # noqa: F811
+    generator = torch.Generator().manual_seed(3)
+    assert dropout_scale(1000, 0.0, generator) is None
+    assert dropout_rate_at(small_config(steps=200, gaussian_dropout=0.2), 100) == pytest.approx(0.1)
+    scale = dropout_scale(20_000, 0.25, generator)
+    hidden = scale == 0
+    assert 0.23 < hidden.float().mean() < 0.27 and torch.allclose(scale[~hidden], torch.tensor(1 / 0.75))
+
+    run = prepare_run(workspace, small_config(), NullProgress())
+    params = params_from_gaussians(gaussians_from_points(run.scene.points, run.scene.colors, sh_degree=1,
+                                                         opacity=0.3), "cpu")
+    view = run.scene.train_views[0]
+    scale = dropout_scale(len(params["means"]), 0.5, generator)
+    rendered, _, _ = render_params(params, view.viewmat[None], view.K[None], view.width, view.height, sh_degree=0,
+                                   backend="torch", opacity_scale=scale)
+    rendered.sum().backward()
+    hidden = scale == 0
+    assert hidden.any() and torch.all(params["means"].grad[hidden] == 0)
+    assert params["means"].grad[~hidden].abs().sum() > 0
+
+    kept = torch.nn.ParameterDict({name: value.detach()[~hidden] for name, value in params.items()})
+    kept["opacities"] = torch.logit(kept["opacities"].sigmoid() * 2.0)  # the kept draw with twice their opacity
+    alone, _, _ = render_params(kept, view.viewmat[None], view.K[None], view.width, view.height, sh_degree=0,
+                                backend="torch")
+    assert torch.allclose(rendered.detach(), alone, atol=2e-3)
 
 
 def test_background_shell_joins_the_initial_gaussians(larger_source, tmp_path):

@@ -72,6 +72,12 @@ class TrainConfig(BaseModel):
         None, ge=0.0, description="weight of the mean opacity; None: 0 (default), 0.01 (mcmc, as its paper)")
     scale_reg: float | None = Field(
         None, ge=0.0, description="weight of the mean scale; None: 0 (default), 0.01 (mcmc, as its paper)")
+    gaussian_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="DropGaussian (CVPR 2025): each training step hides each Gaussian with a probability rising "
+        "linearly from 0 to this at the last step, and divides the others' opacity by what is kept, so Gaussians "
+        "behind others are seen and trained too (sparse captures over-fit less); evaluation and export use all. "
+        "0: off")
     background: Literal["random", "black", "white"] = Field(
         "random", description="random: a new colour each step, so transparency cannot fake the backdrop"
     )

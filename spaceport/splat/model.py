@@ -150,11 +150,16 @@ def render_params(
     backend: str = "auto",
     absgrad: bool = False,
     packed: bool = False,
+    opacity_scale: torch.Tensor | None = None,
 ):
-    """Render raw parameters: activations applied here (exp scales, sigmoid opacities)."""
+    """Render raw parameters: activations applied here (exp scales, sigmoid opacities, each opacity times
+    ``opacity_scale`` when given)."""
     colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+    opacities = torch.sigmoid(params["opacities"])
+    if opacity_scale is not None:
+        opacities = opacities * opacity_scale
     rendered, alphas, info = render(
-        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        params["means"], params["quats"], torch.exp(params["scales"]), opacities,
         colors, viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds,
         absgrad=absgrad, backend=backend, packed=packed,
     )

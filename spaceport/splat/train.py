@@ -163,7 +163,8 @@ class BudgetedMCMCStrategy(MCMCStrategy):
 class RunRandomness:
     """The run's own random streams, saved in checkpoints so that a resumed run draws the same numbers.
 
-    ``background`` draws the random training backgrounds, on the training device. ``library`` is what gsplat's
+    ``background`` draws the random training backgrounds and ``dropout`` the hidden Gaussians, on the training
+    device. ``library`` is what gsplat's
     strategies draw from: they use the global torch RNG (``randn_like`` noise and splits, ``multinomial``
     relocation), so ``library_stream()`` lends them the run's state and gives the caller's back afterwards.
     """
@@ -171,6 +172,7 @@ class RunRandomness:
     def __init__(self, seed: int, device: torch.device):
         self.device = device
         self.background = torch.Generator(device).manual_seed(seed)
+        self.dropout = torch.Generator(device).manual_seed(seed + 2)
         self.library_cpu = torch.Generator().manual_seed(seed + 1).get_state()
         cuda = self._cuda_index() is not None
         self.library_cuda = torch.Generator(device).manual_seed(seed + 1).get_state() if cuda else None
@@ -198,10 +200,13 @@ class RunRandomness:
 
     def state_dict(self) -> dict[str, Any]:
         return {"device_type": self.device.type, "background": self.background.get_state(),
-                "library_cpu": self.library_cpu, "library_cuda": self.library_cuda}
+                "dropout": self.dropout.get_state(), "library_cpu": self.library_cpu,
+                "library_cuda": self.library_cuda}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.background.set_state(saved["background"].cpu())
+        if "dropout" in saved:  # checkpoints from before gaussian_dropout lack it
+            self.dropout.set_state(saved["dropout"].cpu())
         self.library_cpu = saved["library_cpu"].cpu()
         if self.library_cuda is not None:
             self.library_cuda = saved["library_cuda"].cpu()
@@ -587,11 +592,13 @@ def train_step(run: TrainRun, state: TrainingState, timer: StepTimer | NullTimer
     with timer.section("data"):
         background = training_background(config.background, run.device, state.rng.background)
         truth = to_float_image(view)[None]
+        kept = dropout_scale(len(params["opacities"]), dropout_rate_at(config, state.step), state.rng.dropout)
     with timer.section("render"):
         colors, _, info = render_params(
             params, view.viewmat[None], view.K[None], view.width, view.height,
             sh_degree=sh_degree_at(config, state.step),
             backgrounds=background[None], backend=run.backend, absgrad=config.absgrad, packed=config.packed,
+            opacity_scale=kept,
         )
     with timer.section("loss"):
         colors = state.appearance(colors, view_index)
@@ -632,6 +639,20 @@ def step_optimizers(run: TrainRun, state: TrainingState, info: dict[str, Any]) -
 def sh_degree_at(config: TrainConfig, step: int) -> int:
     """One more SH degree every ``sh_degree_interval`` steps, up to ``sh_degree``."""
     return min(step // config.sh_degree_interval, config.sh_degree)
+
+
+def dropout_rate_at(config: TrainConfig, step: int) -> float:
+    """DropGaussian's schedule: from 0 at the first step to ``gaussian_dropout`` at the last."""
+    return config.gaussian_dropout * step / config.steps
+
+
+def dropout_scale(count: int, rate: float, generator: torch.Generator) -> torch.Tensor | None:
+    """Per-Gaussian opacity factors: 0 for the hidden, 1 / (1 - rate) for the kept (inverted dropout, so the
+    expected opacity is unchanged); None when nothing is hidden."""
+    if rate <= 0.0:
+        return None
+    draws = torch.rand(count, device=generator.device, generator=generator)
+    return (draws >= rate).to(torch.float32) / (1.0 - rate)
 
 
 def masked_truth(view: View, truth: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:
