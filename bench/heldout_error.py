@@ -10,7 +10,8 @@ so the counts are upper bounds). Per photo and overall: the share of pixels and 
 groups "seen by 0", "1", "2-3" and "4+" training photos, each group's PSNR, the share of nearly transparent
 pixels (alpha < 0.5, where black shows), and the PSNR if the pixels seen by at most one photo were perfect.
 Two diagnostics of what else the error is: the PSNR (8 px margin left out) after the best whole-image shift of the
-render (pose error) and after the best per-channel gain and offset (exposure, white balance).
+render (pose error) and after the per-channel gain and offset that best match the blurred render to the
+blurred photo (exposure, white balance).
 ``--images`` writes, per photo, the error map next to the coverage map.
 """
 
@@ -104,15 +105,20 @@ def best_shift(rendered: torch.Tensor, truth: torch.Tensor, margin: int = 8) -> 
     return centre[0], centre[1], round(score(*centre), 2)
 
 
-def colour_matched_psnr(rendered: torch.Tensor, truth: torch.Tensor) -> float:
+def colour_matched_psnr(rendered: torch.Tensor, truth: torch.Tensor, blur: int = 31) -> float:
     """PSNR after the per-channel gain and offset that best map the render to the photo (exposure, white
-    balance): a diagnostic of colour error."""
-    design = torch.stack([rendered.reshape(-1, 3), torch.ones_like(rendered.reshape(-1, 3))], dim=-1)  # (P,3,2)
-    matched = torch.empty_like(rendered.reshape(-1, 3))
-    for channel in range(3):
-        solution = torch.linalg.lstsq(design[:, channel], truth.reshape(-1, 3)[:, channel:channel + 1]).solution
-        matched[:, channel] = (design[:, channel] @ solution)[:, 0]
-    mse = float(((matched.clamp(0, 1) - truth.reshape(-1, 3)) ** 2).mean())
+    balance): a diagnostic of colour error. Fitted on both images blurred by a ``blur``-pixel box, so that
+    pixel-level error does not shrink the gain (a least-squares fit on the raw pixels would gain from that alone)."""
+
+    def blurred(image: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(image.permute(2, 0, 1)[None], blur, stride=1, padding=blur // 2,
+                                              count_include_pad=False)[0].permute(1, 2, 0).reshape(-1, 3)
+
+    smooth_render, smooth_truth = blurred(rendered).double(), blurred(truth).double()
+    render_mean, truth_mean = smooth_render.mean(dim=0), smooth_truth.mean(dim=0)
+    gain = ((smooth_render - render_mean) * (smooth_truth - truth_mean)).mean(dim=0) / smooth_render.var(dim=0)
+    matched = (rendered.reshape(-1, 3).double() - render_mean) * gain + truth_mean  # least squares, per channel
+    mse = float(((matched.clamp(0, 1) - truth.reshape(-1, 3).double()) ** 2).mean())
     return round(-10.0 * math.log10(max(mse, 1e-12)), 2)
 
 
