@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.outputs import write_result  # noqa: E402
 from spaceport.formats.gaussians import read_ply  # noqa: E402
 from spaceport.splat.evaluate import to_float_image  # noqa: E402
 from spaceport.splat.model import params_from_gaussians  # noqa: E402
@@ -186,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.images.mkdir(parents=True, exist_ok=True)
                 write_maps(args.images / f"{Path(view.name).stem}_coverage.jpg", maps)
     result = {"splat": str(args.splat), "gaussians": len(gaussians.means), "views": rows}
-    for path in filter(None, [args.json, Path(os.environ["OUT"]) / "heldout_error.json" if "OUT" in os.environ
-                              else None]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json, "heldout_error.json")
     return result
 
 

@@ -13,8 +13,6 @@ views and repeats after a warm-up), tile intersections, and steps/s if a step we
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.outputs import write_result  # noqa: E402
 from spaceport.formats.gaussians import read_ply  # noqa: E402
 from spaceport.splat.model import params_from_gaussians  # noqa: E402
 from spaceport.splat.scene import load_scene  # noqa: E402
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{row['raster_bound_steps_s']:>14.1f}")
     result = {"gaussians": len(gaussians.means), "width": views[0].width, "height": views[0].height,
               "device": torch.cuda.get_device_name(), "variants": rows}
-    for path in filter(None, [args.json, Path(os.environ["OUT"]) / "raster_gpu.json" if "OUT" in os.environ
-                              else None]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json, "raster_gpu.json")
     return result
 
 
