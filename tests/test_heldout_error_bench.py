@@ -3,24 +3,12 @@ see each pixel, the best whole-image shift, the colour-matched PSNR."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
 import torch
 
+from bench import heldout_error as bench
 from spaceport.splat.scene import View
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "heldout_error.py"
 K = torch.tensor([[50.0, 0.0, 32.0], [0.0, 50.0, 24.0], [0.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("heldout_error_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def camera_at(x: float) -> View:
@@ -29,7 +17,7 @@ def camera_at(x: float) -> View:
     return View(f"x{x}", torch.zeros(48, 64, 3, dtype=torch.uint8), K, viewmat)
 
 
-def test_coverage_counts_the_training_frames_a_pixel_falls_in(bench):
+def test_coverage_counts_the_training_frames_a_pixel_falls_in():
     held_out = camera_at(0.0)
     depth = torch.full((48, 64), 2.0)
     seen = bench.coverage(held_out, depth, [camera_at(0.0), camera_at(1.0), camera_at(-50.0)])
@@ -40,7 +28,7 @@ def test_coverage_counts_the_training_frames_a_pixel_falls_in(bench):
     assert torch.all(behind == 0)
 
 
-def test_best_shift_and_colour_match_find_what_was_done_to_the_image(bench):
+def test_best_shift_and_colour_match_find_what_was_done_to_the_image():
     generator = torch.Generator().manual_seed(0)
     image = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 100, 120, generator=generator), 3, 1, 1)[0]
     image = image.permute(1, 2, 0).contiguous()
