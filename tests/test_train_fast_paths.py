@@ -1,7 +1,8 @@
 """Issue 13's fast paths against their twins on the CPU: the separable SSIM against the 2D-window reference (values
 and gradients), the sync-free DefaultStrategy statistics against gsplat's, SelectiveAdam's PyTorch twin and fused
 Adam against plain Adam, the per-epoch view order against the per-step one; and what the new settings do in real
-runs: coarse-to-fine levels, the photo-sized budget, early stopping (kept across a resume), the step profiler."""
+runs: coarse-to-fine levels, the photo-sized budget, early stopping (kept across a resume), keeping the best
+evaluation, Gaussian dropout, the background shell, the step profiler."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class TrainConfig(BaseModel):
     gaussian_dropout: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="DropGaussian (CVPR 2025): each training step hides each Gaussian with a probability rising "
-        "linearly from 0 to this at the last step, and divides the others' opacity by what is kept, so Gaussians "
+        "linearly from 0 to this at the last step, and divides the kept ones' opacity by the share kept, so Gaussians "
         "behind others are seen and trained too (sparse captures over-fit less); evaluation and export use all. "
         "0: off. Monstree, H200, `standard`: 19.98 dB held-out over five runs at 0.1-0.35 against 20.17 over six "
         "without, 5-20 % more steps/s (bench/README.md, stop 22)")

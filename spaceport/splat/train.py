@@ -164,9 +164,9 @@ class RunRandomness:
     """The run's own random streams, saved in checkpoints so that a resumed run draws the same numbers.
 
     ``background`` draws the random training backgrounds and ``dropout`` the hidden Gaussians, on the training
-    device. ``library`` is what gsplat's
-    strategies draw from: they use the global torch RNG (``randn_like`` noise and splits, ``multinomial``
-    relocation), so ``library_stream()`` lends them the run's state and gives the caller's back afterwards.
+    device. ``library`` is what gsplat's strategies draw from: they use the global torch RNG (``randn_like`` noise
+    and splits, ``multinomial`` relocation), so ``library_stream()`` lends them the run's state and gives the
+    caller's back afterwards.
     """
 
     def __init__(self, seed: int, device: torch.device):
