@@ -6,7 +6,7 @@
 WS is a workspace whose sfm stage is done. Each held-out photo is rendered with the training's evaluation settings
 (black behind the splat) together with its depth; every pixel is lifted to 3D at that depth and projected into
 the training photos, counting those whose frame it falls in (in front of the camera, not checked for occlusion,
-so the counts are upper bounds). Per photo and overall: the share of pixels and of the squared error in the
+so the counts are upper bounds). Per photo: the share of pixels and of the squared error in the
 groups "seen by 0", "1", "2-3" and "4+" training photos, each group's PSNR, the share of nearly transparent
 pixels (alpha < 0.5, where black shows), and the PSNR if the pixels seen by at most one photo were perfect.
 Two diagnostics of what else the error is: the PSNR (8 px margin left out) after the best whole-image shift of the
