@@ -141,8 +141,8 @@ def _print_results(ws, results: list) -> None:
     for column in ("stage", "status", "seconds", "key metrics"):
         table.add_column(column)
     for result in results:
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in [(k, v) for k, v in result.metrics.items() if v is not None][:6])
+        shown = [(k, v) for k, v in result.metrics.items() if v is not None][:6]
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown)
         table.add_row(result.stage, "resumed (done before)" if result.skipped else "done",
                       f"{result.seconds:.1f}", metrics)
     out = Console()
